@@ -1,0 +1,8 @@
+//! `store`: the replicated chunk store behind `/data`.
+//!
+//! Layers follow the data path (see `ARCHITECTURE.md`): `net` → `cluster` →
+//! `placement` → `chunk` → `fs` → `mount` / `api` → `cli`. This crate is the
+//! library; `main.rs` only parses arguments and calls [`cli::run`].
+
+pub mod cli;
+pub mod server;
