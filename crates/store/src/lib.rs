@@ -4,5 +4,7 @@
 //! `placement` → `chunk` → `fs` → `mount` / `api` → `cli`. This crate is the
 //! library; `main.rs` only parses arguments and calls [`cli::run`].
 
+pub mod chunk;
 pub mod cli;
+pub mod placement;
 pub mod server;
