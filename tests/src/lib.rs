@@ -13,6 +13,7 @@
 
 pub mod bins;
 pub mod dockerd;
+pub mod http;
 pub mod netlab;
 pub mod process;
 pub mod wait;
