@@ -1,6 +1,10 @@
 //! `edge`: Label-driven TLS reverse proxy for Docker Swarm services.
 //!
-//! This crate is the library; `main.rs` only parses arguments and calls
+//! Layers, outer depending on inner: [`config`] (model, rule language) →
+//! `provider` (file, later Swarm) → `tls` (certificate store) → `proxy`
+//! (listeners, routing table, load balancing, middlewares) → `admin`
+//! (dashboard, JSON API, metrics). `main.rs` only parses arguments and calls
 //! [`cli::run`].
 
 pub mod cli;
+pub mod config;
