@@ -6,5 +6,6 @@
 
 pub mod chunk;
 pub mod cli;
+pub mod net;
 pub mod placement;
 pub mod server;
