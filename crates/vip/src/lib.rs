@@ -8,4 +8,5 @@
 //! `main.rs` only parses arguments and calls [`cli::run`].
 
 pub mod cli;
+pub mod fsm;
 pub mod packet;
