@@ -153,6 +153,37 @@ impl Transport {
         }
     }
 
+    /// Sends raw bytes as a request (may be a malformed or truncated
+    /// frame) and reads the reply: for tests and diagnostics.
+    pub async fn call_raw(
+        &self,
+        addr: SocketAddr,
+        raw: &[u8],
+        timeout: Duration,
+    ) -> Result<Frame, NetError> {
+        let run = async {
+            let conn = self.connection(addr).await?;
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| NetError::Connect {
+                addr,
+                reason: e.to_string(),
+            })?;
+            send.write_all(raw).await.map_err(|e| NetError::Wire {
+                addr,
+                source: WireError::Io(e.into()),
+            })?;
+            let _ = send.finish();
+            wire::read_frame(&mut recv)
+                .await
+                .map_err(|source| NetError::Wire { addr, source })
+        };
+        tokio::time::timeout(timeout, run)
+            .await
+            .unwrap_or(Err(NetError::Timeout {
+                addr,
+                after: timeout,
+            }))
+    }
+
     async fn call_inner(
         &self,
         addr: SocketAddr,
