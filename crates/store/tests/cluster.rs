@@ -424,3 +424,68 @@ fn a_peer_without_a_certificate_gets_nothing_but_join() {
         assert!(reply.contains("Unauthenticated"), "{reply}");
     });
 }
+
+/// A small tmpfs, unmounted (and its mount point removed) on drop.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(Tmpfs { dir })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_is_a_clear_error_and_nothing_unstored_is_acknowledged() {
+    let Some(small) = Tmpfs::mount("40m") else {
+        eprintln!("SKIP: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let full_dir = small.dir.path().join("node2");
+    // min_size 3: every copy is needed, so the full node blocks writes.
+    let c = Cluster::start_with(3, &["--size", "3", "--min-size", "3"], &[], |i, node| {
+        if i == 2 {
+            node.dir = full_dir.clone();
+        }
+    });
+    let mut acked = Vec::new();
+    let mut refusal = None;
+    for i in 0..30u64 {
+        let body = data(4 << 20, i);
+        let (code, resp) = c.put(0, &format!("/objects/full/{i}"), &body);
+        if code == 200 {
+            acked.push(i);
+        } else {
+            refusal = Some((i, code, String::from_utf8_lossy(&resp).to_string()));
+            break;
+        }
+    }
+    let (failed, code, msg) = refusal.expect("the 40 MiB disk never filled up");
+    assert_eq!(code, 507, "{msg}");
+    assert!(msg.contains("no space left"), "{msg}");
+    assert!(!acked.is_empty());
+    // Every acknowledged object is intact; the refused one does not exist.
+    for i in &acked {
+        let (code, got) = c.get(1, &format!("/objects/full/{i}"));
+        assert_eq!(code, 200);
+        assert!(got == data(4 << 20, *i), "object {i} damaged");
+    }
+    assert_eq!(c.get(1, &format!("/objects/full/{failed}")).0, 404);
+    drop(c);
+}

@@ -79,6 +79,17 @@ pub fn run(args: &[&str]) -> std::process::Output {
 impl Cluster {
     /// `n` nodes, node 0 founded with `init_args`, the rest joined.
     pub fn start(n: usize, init_args: &[&str], server_args: &[&str]) -> Cluster {
+        Self::start_with(n, init_args, server_args, |_, _| {})
+    }
+
+    /// Like [`Cluster::start`]; `adjust` may change each node's spec
+    /// (data dir, extra flags) before it starts.
+    pub fn start_with(
+        n: usize,
+        init_args: &[&str],
+        server_args: &[&str],
+        mut adjust: impl FnMut(usize, &mut Node),
+    ) -> Cluster {
         let tmp = tempfile::tempdir().expect("tempdir");
         let base = free_base();
         let mut c = Cluster {
@@ -89,6 +100,7 @@ impl Cluster {
         };
         for i in 0..n {
             c.add_node_spec(i, server_args);
+            adjust(i, &mut c.nodes[i]);
         }
         let dir0 = c.nodes[0].dir.display().to_string();
         let mut args = vec!["init", "--data-dir", dir0.as_str()];
