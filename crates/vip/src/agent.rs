@@ -186,6 +186,7 @@ impl Agent {
         link_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let far = || tokio::time::Instant::now() + Duration::from_secs(3600);
         let mut recv_errors = 0u32;
+        let mut checks_open = true;
         loop {
             let timer = m
                 .deadline()
@@ -221,10 +222,10 @@ impl Agent {
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                 },
-                changed = checks.changed() => {
+                changed = checks.changed(), if checks_open => {
                     if changed.is_err() {
-                        // No checks configured (sender gone): nothing to wait for.
-                        checks = watch::channel(Vec::new()).1;
+                        // No checks configured (the sender is gone).
+                        checks_open = false;
                         continue;
                     }
                     let results = checks.borrow_and_update().clone();
