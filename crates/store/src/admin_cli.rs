@@ -14,12 +14,17 @@ const MAX_RESPONSE: u64 = 16 << 20;
 
 /// GETs `path` from the admin endpoint `server` and returns the body.
 pub async fn get(server: &str, path: &str) -> anyhow::Result<String> {
+    request(server, "GET", path).await
+}
+
+/// Sends a body-less `method` request for `path` and returns the body.
+pub async fn request(server: &str, method: &str, path: &str) -> anyhow::Result<String> {
     let fetch = async {
         let mut s = tokio::net::TcpStream::connect(server)
             .await
             .with_context(|| format!("connecting to the store admin endpoint {server} (is `store server` running there? choose another with --server or STORE_SERVER)"))?;
         s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {server}\r\nConnection: close\r\n\r\n")
+            format!("{method} {path} HTTP/1.1\r\nHost: {server}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
                 .as_bytes(),
         )
         .await?;
@@ -162,6 +167,22 @@ pub async fn df(args: &ClientArgs) -> anyhow::Result<()> {
             ),
             None => println!("{:<16}  unreachable: {}", n.id, n.error.unwrap_or_default()),
         }
+    }
+    Ok(())
+}
+
+/// `store remove-node`, `store out`, `store in`.
+pub async fn change_node(args: &ClientArgs, id: &str, action: &str) -> anyhow::Result<()> {
+    let (method, path) = match action {
+        "remove" => ("DELETE", format!("/v1/nodes/{id}")),
+        other => ("POST", format!("/v1/nodes/{id}/{other}")),
+    };
+    let body = request(&args.server, method, &path).await?;
+    if args.json {
+        print!("{body}");
+    } else {
+        let v: serde_json::Value = parse(&args.server, &body)?;
+        println!("node {id}: {action} done (map epoch {})", v["epoch"]);
     }
     Ok(())
 }

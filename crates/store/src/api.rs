@@ -347,6 +347,9 @@ impl Api {
                 Err(msg) => error(StatusCode::BAD_REQUEST, &msg),
             };
         }
+        if let Some(rest) = path.strip_prefix("/v1/nodes/") {
+            return self.change_node(req.method(), rest).await;
+        }
         if req.method() != Method::GET {
             return error(
                 StatusCode::NOT_FOUND,
@@ -361,6 +364,48 @@ impl Api {
                 StatusCode::NOT_FOUND,
                 "not found: try /health, /metrics, /v1/status, /v1/nodes, /v1/df or /objects/<bucket>/<key>",
             ),
+        }
+    }
+
+    /// `DELETE /v1/nodes/<id>` removes a node from the map (and Raft);
+    /// `POST /v1/nodes/<id>/out` and `/in` stop or resume placing data on it.
+    async fn change_node(&self, method: &Method, rest: &str) -> Response<Body> {
+        let (id_text, action) = match rest.split_once('/') {
+            Some((id, a)) => (id, a),
+            None => (rest, ""),
+        };
+        let Ok(id) = u64::from_str_radix(id_text, 16) else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("node id {id_text:?} is not hexadecimal; see `store nodes`"),
+            );
+        };
+        if let Err(e) = self.cluster.read_barrier().await {
+            return cluster_error(&e);
+        }
+        let (nodes, _) = self.cluster.nodes();
+        let Some(node) = nodes.into_iter().find(|n| n.id == id) else {
+            return error(
+                StatusCode::NOT_FOUND,
+                &format!("no node {id:016x} in the cluster map; see `store nodes`"),
+            );
+        };
+        let cmd =
+            match (method, action) {
+                (&Method::DELETE, "") => Command::RemoveNode(id),
+                (&Method::POST, "out") | (&Method::POST, "in") => {
+                    let mut node = node;
+                    node.is_in = action == "in";
+                    Command::UpsertNode(node)
+                }
+                _ => return error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "use DELETE /v1/nodes/<id>, POST /v1/nodes/<id>/out or POST /v1/nodes/<id>/in",
+                ),
+            };
+        match self.cluster.write(cmd).await {
+            Ok(r) => admin::json(StatusCode::OK, &serde_json::json!({ "epoch": r.epoch })),
+            Err(e) => cluster_error(&e),
         }
     }
 

@@ -39,6 +39,22 @@ pub enum Command {
     Nodes(ClientArgs),
     /// Space used and available, per node and in total (like `ceph df`).
     Df(ClientArgs),
+    /// Remove a node from the cluster map and the metadata group (stop it
+    /// first; it rejoins if restarted).
+    RemoveNode(NodeArgs),
+    /// Stop placing new data on a node (it keeps its vote and its chunks).
+    Out(NodeArgs),
+    /// Place data on a node again after `store out`.
+    In(NodeArgs),
+}
+
+/// Flags of the commands that act on one node.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NodeArgs {
+    /// Node id as `store nodes` prints it (hex).
+    pub id: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 /// The data directory flag shared by the commands that use one.
@@ -162,6 +178,9 @@ pub async fn run(command: Command, shutdown: Shutdown) -> anyhow::Result<()> {
         Command::Status(args) => crate::admin_cli::status(&args).await,
         Command::Nodes(args) => crate::admin_cli::nodes(&args).await,
         Command::Df(args) => crate::admin_cli::df(&args).await,
+        Command::RemoveNode(a) => crate::admin_cli::change_node(&a.client, &a.id, "remove").await,
+        Command::Out(a) => crate::admin_cli::change_node(&a.client, &a.id, "out").await,
+        Command::In(a) => crate::admin_cli::change_node(&a.client, &a.id, "in").await,
     }
 }
 

@@ -27,11 +27,10 @@ pub async fn run(args: ServerArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = args.dir.data_dir.clone();
     prepare_data_dir(&dir)?;
-    let peers = resolve_peers(&args.peers).await?;
     let identity = match Identity::load(&dir)? {
         Some(id) => id,
         None => match &args.join {
-            Some(token) => join(&dir, token, &peers).await?,
+            Some(token) => join(&dir, token, &args.peers).await?,
             None => return Err(identity::IdentityError::Missing(dir.display().to_string()).into()),
         },
     };
@@ -83,7 +82,11 @@ pub async fn run(args: ServerArgs, shutdown: Shutdown) -> anyhow::Result<()> {
             .serve(service(cluster.clone(), chunks.clone()), shutdown.clone()),
     );
     tokio::spawn(cluster.clone().run_background(shutdown.clone()));
-    tokio::spawn(register(cluster.clone(), peers, shutdown.clone()));
+    tokio::spawn(register(
+        cluster.clone(),
+        args.peers.clone(),
+        shutdown.clone(),
+    ));
 
     let mut registry = admin::registry("store", env!("CARGO_PKG_VERSION"));
     let api = crate::api::Api::new(cluster.clone(), replicator, &mut registry);
@@ -252,8 +255,8 @@ async fn handle(
 
 /// Obtains a certificate from one of `peers` with `token` and saves the
 /// new identity in `dir`.
-async fn join(dir: &Path, token: &str, peers: &[SocketAddr]) -> anyhow::Result<Identity> {
-    if peers.is_empty() {
+async fn join(dir: &Path, token: &str, peer_names: &[String]) -> anyhow::Result<Identity> {
+    if peer_names.iter().all(|p| p.trim().is_empty()) {
         return b3_common::daemon::usage(
             "--join needs --peers (or STORE_PEERS): the address of at least one node of the cluster",
         );
@@ -268,7 +271,12 @@ async fn join(dir: &Path, token: &str, peers: &[SocketAddr]) -> anyhow::Result<I
     let start = Instant::now();
     let mut problems = Vec::new();
     loop {
-        for addr in peers {
+        // Re-resolved every round: a DNS name may list new tasks.
+        let peers = resolve_peers(peer_names).await?;
+        if peers.is_empty() {
+            problems.push(format!("--peers {peer_names:?} resolved to no address"));
+        }
+        for addr in &peers {
             match rpc::call(&transport, *addr, &req, &[], Duration::from_secs(5)).await {
                 Ok((Reply::Joined(grant), _)) => {
                     let id = Identity::from_grant(*grant, pending, token)?;
@@ -304,25 +312,33 @@ async fn join(dir: &Path, token: &str, peers: &[SocketAddr]) -> anyhow::Result<I
     }
 }
 
-/// Makes sure this node's entry in the cluster map is current.
-async fn register(cluster: Arc<Cluster>, peers: Vec<SocketAddr>, shutdown: Shutdown) {
-    let cmd = Command::UpsertNode(cluster.me.clone());
+/// Makes sure this node's entry in the cluster map is current (keeping an
+/// operator's in/out decision). Re-resolves `--peers` on every attempt, so
+/// a DNS name follows the swarm as tasks come and go.
+async fn register(cluster: Arc<Cluster>, peers: Vec<String>, shutdown: Shutdown) {
     let mut delay = Duration::from_millis(200);
     loop {
         if shutdown.is_triggered() {
             return;
         }
         let (nodes, _) = cluster.nodes();
-        if nodes.iter().any(|n| *n == cluster.me) {
-            return;
+        let mut me = cluster.me.clone();
+        if let Some(existing) = nodes.iter().find(|n| n.id == me.id) {
+            me.is_in = existing.is_in;
+            if *existing == me {
+                return;
+            }
         }
+        let cmd = Command::UpsertNode(me);
         let leader_known = cluster.raft.metrics().borrow().current_leader.is_some();
         let result = if leader_known {
-            cluster.write(cmd.clone()).await.map_err(|e| e.to_string())
-        } else if !peers.is_empty() {
-            cluster.write_via(&peers, &cmd).await
+            cluster.write(cmd).await.map_err(|e| e.to_string())
         } else {
-            Err("no leader known yet and no --peers to ask".into())
+            match resolve_peers(&peers).await {
+                Ok(addrs) if !addrs.is_empty() => cluster.write_via(&addrs, &cmd).await,
+                Ok(_) => Err("no leader known yet and no --peers to ask".into()),
+                Err(e) => Err(e.to_string()),
+            }
         };
         match result {
             Ok(_) => tracing::info!("registered this node in the cluster map"),

@@ -489,3 +489,49 @@ fn a_full_disk_is_a_clear_error_and_nothing_unstored_is_acknowledged() {
     assert_eq!(c.get(1, &format!("/objects/full/{failed}")).0, 404);
     drop(c);
 }
+
+#[test]
+fn nodes_can_be_taken_out_and_removed() {
+    let mut c = Cluster::start(4, &[], &[]);
+    let server = c.nodes[0].admin.to_string();
+    let id1 = format!("{:016x}", c.node_id(1).unwrap());
+    let out = run(&["out", &id1, "--server", &server]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let before = c.chunk_files(1).len();
+    for i in 0..12u64 {
+        assert_eq!(c.put(0, &format!("/objects/o/{i}"), &data(2000, i)).0, 200);
+    }
+    assert_eq!(c.chunk_files(1).len(), before, "an out node got new chunks");
+    let out = run(&["in", &id1, "--server", &server]);
+    assert!(out.status.success());
+
+    // Remove a stopped node: it leaves the map and the metadata group.
+    let id3 = c.node_id(3).unwrap();
+    c.kill9(3);
+    let out = run(&["remove-node", &format!("{id3:016x}"), "--server", &server]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.wait_for(
+        Duration::from_secs(20),
+        "node removed from map and Raft",
+        |c| {
+            let s = c.status(0)?;
+            let in_raft = s["raft"]["voters"]
+                .as_array()?
+                .iter()
+                .chain(s["raft"]["learners"].as_array()?.iter())
+                .any(|v| v.as_u64() == Some(id3));
+            (s["nodes_total"] == 3 && !in_raft && s["health"] == "HEALTH_OK").then_some(())
+        },
+    );
+    let out = run(&["remove-node", "zz", "--server", &server]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not hexadecimal"));
+}
