@@ -222,6 +222,56 @@ impl Cluster {
         self.alive[i].store(true, Ordering::SeqCst);
     }
 
+    /// Starts keepalived (VRRPv3, `advert_int 1`) on host `i` with the
+    /// same VIP; unicast to `peers` when not empty. Its log is `log(i)`.
+    pub fn start_keepalived(&mut self, i: usize, priority: u8, peers: &[Ipv4Addr]) {
+        let conf = self.dir.path().join(format!("keepalived-{i}.conf"));
+        let unicast = if peers.is_empty() {
+            String::new()
+        } else {
+            let list: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
+            format!("  unicast_peer {{\n    {}\n  }}\n", list.join("\n    "))
+        };
+        std::fs::write(
+            &conf,
+            format!(
+                "global_defs {{\n  vrrp_version 3\n  router_id ka{i}\n}}\n\
+                 vrrp_instance VI_1 {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  \
+                 priority {priority}\n  advert_int 1\n{unicast}  virtual_ipaddress {{\n    {VIP}/24\n  }}\n}}\n"
+            ),
+        )
+        .expect("write keepalived.conf");
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.log(i))
+            .expect("log file");
+        let d = self.dir.path();
+        let mut cmd = self.lab.host(i).command("keepalived");
+        cmd.args(["--vrrp", "--dont-fork", "--log-console", "-f"])
+            .arg(&conf)
+            .arg("-p")
+            .arg(d.join(format!("keepalived-{i}.pid")))
+            .arg("-r")
+            .arg(d.join(format!("keepalived-vrrp-{i}.pid")))
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        let guard = ChildGuard::spawn(format!("keepalived on h{i}"), &mut cmd).expect("keepalived");
+        self.agents[i] = Some(guard);
+        b3_tests::wait::until(
+            "keepalived to start",
+            Duration::from_secs(10),
+            Duration::from_millis(10),
+            || {
+                read(&self.log(i))
+                    .contains("Entering BACKUP STATE")
+                    .then_some(())
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()));
+        self.alive[i].store(true, Ordering::SeqCst);
+    }
+
     /// kill -9 of agent `i`. Its address stays behind, as on a crashed
     /// host, so the sampler stops counting it.
     pub fn crash(&mut self, i: usize) {
