@@ -888,12 +888,7 @@ impl Api {
             pgs_clean: clean,
             pgs_degraded: degraded,
             pgs_inactive: inactive,
-            objects: self
-                .cluster
-                .meta()
-                .list("o/", None, usize::MAX)
-                .map(|v| v.len() as u64)
-                .unwrap_or(0),
+            objects: self.cluster.meta().count_prefix("o/").unwrap_or(0),
         }
     }
 

@@ -172,6 +172,21 @@ impl MetaStore {
         Ok(out)
     }
 
+    /// Number of keys starting with `prefix` (reads keys only).
+    pub fn count_prefix(&self, prefix: &str) -> Result<u64, MetaError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = txn.open_table(KV).map_err(|e| self.err(e))?;
+        let mut n = 0;
+        for item in t.range::<&str>(prefix..).map_err(|e| self.err(e))? {
+            let (k, _) = item.map_err(|e| self.err(e))?;
+            if !k.value().starts_with(prefix) {
+                break;
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// The cluster map and its epoch.
     pub fn nodes(&self) -> Result<(Vec<NodeInfo>, u64), MetaError> {
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;
