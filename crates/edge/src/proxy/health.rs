@@ -30,7 +30,7 @@ pub async fn run(rt: Arc<Runtime>, mut shutdown: b3_common::Shutdown) {
         let snap = rt.snapshot();
         let mut seen = Vec::new();
         for svc in snap.services.values() {
-            let ServiceRt::Lb { name, lb } = &**svc else {
+            let ServiceRt::Lb { name, lb, .. } = &**svc else {
                 continue;
             };
             for s in &lb.servers {

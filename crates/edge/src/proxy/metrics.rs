@@ -1,6 +1,8 @@
 //! Prometheus metrics of the data path, registered in the binary's one
 //! registry (served on the admin port's `/metrics`).
 
+use std::sync::{Arc, LazyLock};
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -8,15 +10,18 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+/// The label value for "no router" / "no service" (shared, not reallocated).
+pub static NONE: LazyLock<Arc<String>> = LazyLock::new(|| Arc::new("none".to_string()));
+
 /// Labels of a finished request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     /// Entry point.
     pub entrypoint: &'static str,
     /// Router (`none` when nothing matched).
-    pub router: String,
+    pub router: Arc<String>,
     /// Service (`none` when not forwarded).
-    pub service: String,
+    pub service: Arc<String>,
     /// Status code.
     pub code: u16,
 }
@@ -25,7 +30,7 @@ pub struct RequestLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouterLabels {
     /// Router.
-    pub router: String,
+    pub router: Arc<String>,
 }
 
 /// Labels naming an entry point.

@@ -405,7 +405,7 @@ pub async fn handle(
                 &uri_text,
                 version,
                 &host_raw,
-                Some(&route.name),
+                Some(&route.label),
                 None,
                 r,
             );
@@ -458,8 +458,8 @@ pub async fn handle(
         &uri_text,
         version,
         &host_raw,
-        Some(&route.name),
-        service.as_deref(),
+        Some(&route.label),
+        service.as_ref(),
         resp,
     )
 }
@@ -473,8 +473,8 @@ fn finish(
     uri: &str,
     version: Version,
     host: &str,
-    router: Option<&str>,
-    service: Option<&str>,
+    router: Option<&Arc<String>>,
+    service: Option<&Arc<String>>,
     resp: Response<Body>,
 ) -> Response<Body> {
     let code = resp.status().as_u16();
@@ -483,17 +483,15 @@ fn finish(
         .requests
         .get_or_create(&RequestLabels {
             entrypoint: conn.entrypoint,
-            router: router.unwrap_or("none").to_string(),
-            service: service.unwrap_or("none").to_string(),
+            router: router.unwrap_or(&metrics::NONE).clone(),
+            service: service.unwrap_or(&metrics::NONE).clone(),
             code,
         })
         .inc();
     if let Some(r) = router {
         rt.metrics
             .duration
-            .get_or_create(&RouterLabels {
-                router: r.to_string(),
-            })
+            .get_or_create(&RouterLabels { router: r.clone() })
             .observe(elapsed.as_secs_f64());
     }
     if let Some(log) = &rt.access_log {
@@ -506,8 +504,8 @@ fn finish(
             status: code,
             bytes: resp.body().size_hint().exact(),
             duration: elapsed,
-            router,
-            service,
+            router: router.map(|r| r.as_str()),
+            service: service.map(|s| s.as_str()),
             entrypoint: conn.entrypoint,
         });
     }
@@ -565,17 +563,17 @@ async fn forward(
     body: Incoming,
     upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
     host_raw: &str,
-) -> (Response<Body>, Option<String>) {
+) -> (Response<Body>, Option<Arc<String>>) {
     let Some((svc_name, lb)) = route.service.resolve() else {
         return (
             small_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "503 service unavailable: the service has no servers\n",
             ),
-            Some(route.service.name().to_string()),
+            None,
         );
     };
-    let svc = Some(svc_name.to_string());
+    let svc = Some(svc_name.clone());
     let sticky_cookie = lb
         .sticky
         .as_ref()
@@ -694,7 +692,7 @@ async fn forward(
                 let msg = error_chain(&e);
                 if e.is_connect() {
                     server.eject(rt.opts.eject_duration, format!("connect: {msg}"));
-                    tracing::warn!(service = svc_name, server = %server.url, error = %msg, "backend refused the connection; ejected");
+                    tracing::warn!(service = %svc_name, server = %server.url, error = %msg, "backend refused the connection; ejected");
                     last_error = format!("cannot connect to {}: {msg}", server.url);
                     if attempt < max_attempts {
                         continue;

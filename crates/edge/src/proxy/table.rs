@@ -20,6 +20,8 @@ use crate::proxy::middleware::{self, Mw};
 pub struct Route {
     /// `name@provider`.
     pub name: String,
+    /// The same, shared with metric labels.
+    pub label: Arc<String>,
     /// Compiled rule.
     pub rule: Rule,
     /// Effective priority.
@@ -40,6 +42,8 @@ pub enum ServiceRt {
     Lb {
         /// `name@provider`.
         name: String,
+        /// The same, shared with metric labels.
+        label: Arc<String>,
         /// The balancer.
         lb: Balancer,
     },
@@ -65,9 +69,9 @@ impl ServiceRt {
     }
 
     /// Resolves weighted services down to a load balancer.
-    pub fn resolve(&self) -> Option<(&str, &Balancer)> {
+    pub fn resolve(&self) -> Option<(&Arc<String>, &Balancer)> {
         match self {
-            ServiceRt::Lb { name, lb } => Some((name, lb)),
+            ServiceRt::Lb { label, lb, .. } => Some((label, lb)),
             ServiceRt::Weighted {
                 children,
                 schedule,
@@ -312,8 +316,9 @@ pub fn compile(configs: &BTreeMap<String, Dynamic>, registry: &ServerRegistry) -
                         i.error = Some(e);
                     }
                 }
+                let label = Arc::new(q.clone());
                 snap.services
-                    .insert(q.clone(), Arc::new(ServiceRt::Lb { name: q, lb }));
+                    .insert(q.clone(), Arc::new(ServiceRt::Lb { name: q, label, lb }));
             }
         }
     });
@@ -447,6 +452,7 @@ pub fn compile(configs: &BTreeMap<String, Dynamic>, registry: &ServerRegistry) -
                 }
                 Ok(Route {
                     name: q.clone(),
+                    label: Arc::new(q.clone()),
                     rule,
                     priority: info.priority,
                     tls: r.tls.is_some(),
