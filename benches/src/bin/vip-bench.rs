@@ -404,10 +404,17 @@ fn main() -> anyhow::Result<()> {
         ),
         row("master RSS", "MiB", vip_rss, ka_idle.map(|x| x.0), None),
         row(
-            "master idle CPU",
+            "master idle CPU, vip 10cs",
             "% core",
-            vip_cpu.max(0.001),
-            ka_idle.map(|x| x.1.max(0.001)),
+            vip_cpu.max(0.01),
+            ka_idle.map(|x| x.1.max(0.01)),
+            None,
+        ),
+        row(
+            "master idle CPU, vip 100cs",
+            "% core",
+            vip_cpu_slow.max(0.01),
+            ka_idle.map(|x| x.1.max(0.01)),
             None,
         ),
     ];
