@@ -262,7 +262,13 @@ fn local_bench(
 }
 
 fn main() -> anyhow::Result<()> {
-    let bin = b3_tests::bins::bin("store")?;
+    // Next to this binary (target/release/store), else the test layout.
+    let sibling = std::env::current_exe()?.with_file_name("store");
+    let bin = if sibling.is_file() {
+        sibling
+    } else {
+        b3_tests::bins::bin("store")?
+    };
     let root = match std::env::var_os("STORE_BENCH_DIR") {
         Some(d) => PathBuf::from(d),
         None => PathBuf::from("/var/tmp"),

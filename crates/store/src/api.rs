@@ -688,9 +688,15 @@ impl Api {
             Ok(d) => d.slice(from..to),
             Err(e) => return replication_error(&e),
         };
+        let rest: Vec<_> = pieces.collect();
+        if rest.is_empty() {
+            // One piece: answer in one write (no streaming round trips).
+            return builder
+                .body(admin::full(first_data))
+                .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()));
+        }
         let (tx, rx) = mpsc::channel::<Result<Bytes, BoxError>>(PIPELINE);
         let rep = self.replicator.clone();
-        let rest: Vec<_> = pieces.collect();
         tokio::spawn(async move {
             if tx.send(Ok(first_data)).await.is_err() {
                 return;

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use b3_tests::netlab::Lab;
 use b3_tests::process::ChildGuard;
 
-const BIN: &str = env!("CARGO_BIN_EXE_store");
+fn bin() -> String {
+    std::env::var("STORE_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_store").to_string())
+}
 
 fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
@@ -36,7 +38,7 @@ impl Net {
         let out = self
             .lab
             .host(i)
-            .run(&[BIN, "status", "--server", &self.admin(i), "--json"])
+            .run(&[&bin(), "status", "--server", &self.admin(i), "--json"])
             .ok()?;
         serde_json::from_str(&out).ok()
     }
@@ -88,12 +90,12 @@ fn cluster_in_namespaces_survives_a_partition() {
     let net = Net { lab };
     let tmp = tempfile::tempdir().unwrap();
     let dir = |i: usize| tmp.path().join(format!("n{i}")).display().to_string();
-    let out = std::process::Command::new(BIN)
+    let out = std::process::Command::new(bin())
         .args(["init", "--data-dir", &dir(0)])
         .output()
         .unwrap();
     assert!(out.status.success());
-    let out = std::process::Command::new(BIN)
+    let out = std::process::Command::new(bin())
         .args(["join-token", "--data-dir", &dir(0)])
         .output()
         .unwrap();
@@ -103,7 +105,7 @@ fn cluster_in_namespaces_survives_a_partition() {
     for i in 0..3 {
         let host = net.lab.host(i);
         let log = std::fs::File::create(tmp.path().join(format!("n{i}.log"))).unwrap();
-        let mut cmd = host.command(BIN);
+        let mut cmd = host.command(bin());
         cmd.args(["server", "--data-dir", &dir(i)])
             .args(["--listen", &format!("{}:7400", host.ip())])
             .args(["--admin-addr", &format!("{}:7401", host.ip())])

@@ -10,7 +10,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_store");
+/// The `store` binary under test. `STORE_TEST_BIN` overrides it (useful
+/// when several work trees share one target directory and overwrite
+/// `target/debug/store` with their own build).
+pub fn bin() -> String {
+    std::env::var("STORE_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_store").to_string())
+}
 
 pub struct Node {
     pub dir: PathBuf,
@@ -54,7 +59,7 @@ fn rand_u32() -> u32 {
 
 /// Runs `store args...` to completion (killed after 30 s).
 pub fn run(args: &[&str]) -> std::process::Output {
-    let mut child = Command::new(BIN)
+    let mut child = Command::new(bin())
         .args(args)
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
@@ -161,7 +166,7 @@ impl Cluster {
             .append(true)
             .open(&node.log)
             .expect("log file");
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(bin());
         cmd.arg("server")
             .arg("--data-dir")
             .arg(&node.dir)
