@@ -599,3 +599,142 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::types::{Check, NodeInfo};
+    use openraft::CommittedLeaderId;
+
+    fn entry(index: u64, cmd: Command) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(cmd),
+        }
+    }
+
+    fn put(key: &str, value: &str) -> Op {
+        Op::Put {
+            key: key.into(),
+            value: value.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn transactions_apply_all_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = MetaStore::open(dir.path()).unwrap();
+        let mut sm = meta.state_machine();
+        let r = sm
+            .apply(vec![
+                entry(
+                    1,
+                    Command::Txn {
+                        checks: vec![],
+                        ops: vec![put("a", "1"), put("b", "2")],
+                    },
+                ),
+                // Create-if-absent fails: "a" exists. Nothing applied.
+                entry(
+                    2,
+                    Command::Txn {
+                        checks: vec![Check {
+                            key: "a".into(),
+                            value: None,
+                        }],
+                        ops: vec![put("a", "X"), put("c", "3")],
+                    },
+                ),
+                // Compare-and-swap holds: rename b -> d atomically.
+                entry(
+                    3,
+                    Command::Txn {
+                        checks: vec![Check {
+                            key: "b".into(),
+                            value: Some("2".into()),
+                        }],
+                        ops: vec![Op::Delete { key: "b".into() }, put("d", "2")],
+                    },
+                ),
+            ])
+            .await
+            .unwrap();
+        assert!(r[0].ok && !r[1].ok && r[2].ok);
+        assert_eq!(r[2].previous, vec![Some("2".to_string()), None]);
+        assert_eq!(meta.get("a").unwrap().as_deref(), Some("1"));
+        assert_eq!(meta.get("c").unwrap(), None);
+        assert_eq!(meta.get("b").unwrap(), None);
+        assert_eq!(meta.get("d").unwrap().as_deref(), Some("2"));
+        assert_eq!(
+            sm.applied_state().await.unwrap().0.map(|l| l.index),
+            Some(3)
+        );
+    }
+
+    #[tokio::test]
+    async fn list_pages_by_prefix_and_snapshots_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = MetaStore::open(dir.path()).unwrap();
+        let mut sm = meta.state_machine();
+        let ops = (0..10)
+            .map(|i| put(&format!("o/b/k{i}"), "v"))
+            .chain([put("o/c/x", "v")])
+            .collect();
+        let node = NodeInfo {
+            id: 7,
+            addr: "127.0.0.1:7400".parse().unwrap(),
+            admin: "127.0.0.1:7401".parse().unwrap(),
+            domain: "h".into(),
+            weight: 1,
+            is_in: true,
+        };
+        sm.apply(vec![
+            entry(
+                1,
+                Command::Txn {
+                    checks: vec![],
+                    ops,
+                },
+            ),
+            entry(2, Command::UpsertNode(node.clone())),
+        ])
+        .await
+        .unwrap();
+        let page = meta.list("o/b/", None, 3).unwrap();
+        assert_eq!(
+            page.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            ["o/b/k0", "o/b/k1", "o/b/k2"]
+        );
+        let next = meta.list("o/b/", Some("o/b/k8"), 3).unwrap();
+        assert_eq!(
+            next.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            ["o/b/k9"]
+        );
+        assert_eq!(meta.count_prefix("o/b/").unwrap(), 10);
+        assert_eq!(meta.nodes().unwrap(), (vec![node.clone()], 1));
+
+        let snap = sm.build_snapshot().await.unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let copy = MetaStore::open(other.path()).unwrap();
+        let mut sm2 = copy.state_machine();
+        sm2.install_snapshot(&snap.meta, snap.snapshot)
+            .await
+            .unwrap();
+        assert_eq!(copy.count_prefix("o/").unwrap(), 11);
+        assert_eq!(copy.nodes().unwrap(), (vec![node], 1));
+        assert_eq!(
+            sm2.applied_state().await.unwrap().0.map(|l| l.index),
+            Some(2)
+        );
+        assert!(sm2.get_current_snapshot().await.unwrap().is_some());
+        // The snapshot survives a reopen.
+        drop((sm2, copy));
+        let reopened = MetaStore::open(other.path()).unwrap();
+        assert!(reopened
+            .state_machine()
+            .get_current_snapshot()
+            .await
+            .unwrap()
+            .is_some());
+    }
+}
