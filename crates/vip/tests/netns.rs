@@ -87,7 +87,19 @@ fn one_holder_then_kill_9_then_clean_stop_and_preemption() {
 
 #[test]
 fn link_down_on_the_master_moves_the_vip() {
-    let c = three_agents([&[], &[], &[]]);
+    // h0 also runs a notify hook that records each transition.
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("notify.sh");
+    let record = dir.path().join("transitions");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\necho \"$*\" >> {}\n", record.display()),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let notify = script.display().to_string();
+    let c = three_agents([&["--notify", &notify], &[], &[]]);
     let converged = c.wait_holder(0, SECS(10), Duration::from_millis(300));
     c.lab.link_down(0).unwrap();
     let t = Instant::now();
@@ -108,6 +120,25 @@ fn link_down_on_the_master_moves_the_vip() {
     c.lab.link_up(0).unwrap();
     c.wait_holder(0, SECS(10), Duration::from_millis(300));
     until_reached(&c.lab, CLIENT, 0, SECS(5));
+
+    let want = [
+        "INSTANCE VI_51 BACKUP 150",
+        "INSTANCE VI_51 MASTER 150",
+        "INSTANCE VI_51 FAULT 150",
+        "INSTANCE VI_51 BACKUP 150",
+        "INSTANCE VI_51 MASTER 150",
+    ];
+    let got = b3_tests::wait::until(
+        "the notify hook",
+        SECS(5),
+        Duration::from_millis(20),
+        || {
+            let text = read(&record);
+            (text.lines().count() >= want.len()).then_some(text)
+        },
+    )
+    .unwrap();
+    assert_eq!(got.lines().collect::<Vec<_>>(), want);
 }
 
 #[test]
