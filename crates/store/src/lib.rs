@@ -6,6 +6,8 @@
 
 pub mod chunk;
 pub mod cli;
+pub mod fs;
+pub mod mount;
 pub mod net;
 pub mod placement;
 pub mod server;

@@ -1,0 +1,1 @@
+//! FUSE client (filled in below).
