@@ -24,6 +24,10 @@ pub struct Cli {
 pub enum Command {
     /// Run a storage node (chunks + metadata) until SIGTERM/SIGINT.
     Server(ServerArgs),
+    /// Mount the filesystem on DIR (foreground) until SIGTERM/SIGINT.
+    Mount(crate::mount::MountArgs),
+    /// Inspect files on a mount (`store fs stat PATH`).
+    Fs(crate::mount::FsArgs),
 }
 
 /// Flags of `store server`.
@@ -52,6 +56,8 @@ pub struct ServerArgs {
 pub async fn run(command: Command, shutdown: Shutdown) -> anyhow::Result<()> {
     match command {
         Command::Server(args) => crate::server::run(args, shutdown).await,
+        Command::Mount(args) => crate::mount::run(args, shutdown).await,
+        Command::Fs(args) => crate::mount::run_fs(args),
     }
 }
 

@@ -17,6 +17,7 @@
 //! and then commits them with one [`FsOp::AppendSlices`].
 
 mod apply;
+pub mod backend;
 pub mod mem;
 pub mod redb_store;
 pub mod slices;
@@ -29,6 +30,7 @@ pub use apply::{
     apply, check_access, check_xattr, init_root, ApplyError, MAX_FILE_SIZE, MAX_NAME,
     MAX_XATTR_NAME, MAX_XATTR_VALUE,
 };
+pub use backend::{ChunkIo, LocalChunks, LocalMeta, Meta};
 pub use mem::MemStore;
 pub use redb_store::{RedbFs, StoreError};
 pub use slices::{resolve, Piece, Slice};

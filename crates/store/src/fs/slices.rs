@@ -150,28 +150,27 @@ pub fn needs_compaction(slices: &[Slice]) -> bool {
 }
 
 /// Plans a compaction of a file of `size` bytes: the file ranges to copy
-/// into new chunks of at most `chunk_size` bytes, in order. Holes are not
-/// copied (they stay holes). The caller reads each range, stores it as a
-/// new chunk, and commits `FsOp::ReplaceSlices` with one slice per range.
+/// into new chunks, in order. The file is cut into `chunk_size` windows;
+/// each window holding data becomes one range from its first to its last
+/// data byte (holes inside are written as zeros, which read the same), so
+/// the result has at most one slice per window. The caller reads each
+/// range, stores it as a new chunk, and commits `FsOp::ReplaceSlices`.
 pub fn plan_compaction(slices: &[Slice], size: u64, chunk_size: u64) -> Vec<(u64, u64)> {
     let chunk_size = chunk_size.max(1);
-    let mut runs: Vec<(u64, u64)> = Vec::new();
+    let mut out: Vec<(u64, u64)> = Vec::new();
     for p in resolve(slices, 0, size) {
         if p.src.is_none() {
             continue;
         }
-        match runs.last_mut() {
-            Some(last) if last.0 + last.1 == p.off => last.1 += p.len,
-            _ => runs.push((p.off, p.len)),
-        }
-    }
-    let mut out = Vec::new();
-    for (mut off, mut len) in runs {
-        while len > 0 {
-            let n = len.min(chunk_size);
-            out.push((off, n));
-            off += n;
-            len -= n;
+        let (mut a, end) = (p.off, p.off + p.len);
+        while a < end {
+            let window_end = (a / chunk_size + 1) * chunk_size;
+            let b = end.min(window_end);
+            match out.last_mut() {
+                Some(last) if last.0 / chunk_size == a / chunk_size => last.1 = b - last.0,
+                _ => out.push((a, b - a)),
+            }
+            a = b;
         }
     }
     out
@@ -310,6 +309,7 @@ mod tests {
         fn compaction_plan_covers_all_data(slices in arb_slices(), chunk_size in 1u64..100) {
             let size = 260;
             let plan = plan_compaction(&slices, size, chunk_size);
+            prop_assert!(plan.len() as u64 <= size.div_ceil(chunk_size));
             // Rewrite each planned range as its own fresh chunk whose bytes are
             // the model's bytes; the result must read the same.
             let m = model(&slices, size);
