@@ -720,6 +720,25 @@ fn symlinks_and_special_files() {
 }
 
 #[test]
+fn inodes_with_binary_xattrs_survive_serialisation() {
+    let mut s = fresh();
+    let f = create(&mut s, ROOT_INO, "f", 0o644, &root());
+    let r = ok(
+        &mut s,
+        FsOp::SetXattr {
+            ino: f.ino,
+            name: b"user.\xff".to_vec(),
+            value: vec![0, 1, 255],
+            mode: XattrMode::Any,
+        },
+        &root(),
+    );
+    let i = r.inode.unwrap();
+    let json = serde_json::to_vec(&i).unwrap();
+    assert_eq!(serde_json::from_slice::<Inode>(&json).unwrap(), i);
+}
+
+#[test]
 fn redb_store_applies_atomically_and_persists() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("meta.redb");

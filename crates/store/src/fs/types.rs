@@ -172,7 +172,11 @@ pub struct Inode {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub target: Vec<u8>,
     /// Extended attributes, name → value, raw bytes.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        with = "xattr_pairs"
+    )]
     pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
 }
 
@@ -389,4 +393,27 @@ pub struct FsReply {
     pub orphaned: Vec<u64>,
     /// Chunks no file references any more; the caller deletes them.
     pub freed: Vec<ChunkId>,
+}
+
+/// Xattrs as a list of (name, value) pairs: JSON map keys must be strings,
+/// and names are arbitrary bytes.
+mod xattr_pairs {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        m: &BTreeMap<Vec<u8>, Vec<u8>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let pairs: Vec<(&Vec<u8>, &Vec<u8>)> = m.iter().collect();
+        pairs.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, D::Error> {
+        let pairs: Vec<(Vec<u8>, Vec<u8>)> = Vec::deserialize(d)?;
+        Ok(pairs.into_iter().collect())
+    }
 }
