@@ -39,6 +39,11 @@ pub trait Meta: Send + Sync + 'static {
     fn slices(&self, ino: u64) -> Result<Vec<Slice>, Errno>;
     /// Inodes with no name left that may still be open.
     fn orphans(&self) -> Result<Vec<u64>, Errno>;
+    /// Makes every change submitted so far durable. Backends whose
+    /// `submit` is always durable (the cluster: Raft commit) do nothing.
+    fn sync(&self) -> Result<(), Errno> {
+        Ok(())
+    }
 }
 
 /// Immutable chunks of file data.
@@ -57,10 +62,21 @@ pub trait ChunkIo: Send + Sync + 'static {
 }
 
 /// [`Meta`] over a local redb file.
+///
+/// Durability: commits of file data (`AppendSlices`, `ReplaceSlices`) are
+/// fsynced before they return, and each one also makes every earlier
+/// namespace change durable. Other namespace ops (create, rename, unlink,
+/// chmod…) are committed without an fsync and become durable with the next
+/// data commit, [`Meta::sync`] (called by close, fsync and fsyncdir), or
+/// the client's once-a-second sync — the same window ext4 gives by default.
+/// A crash always leaves a consistent namespace.
 #[derive(Debug)]
 pub struct LocalMeta {
     fs: RedbFs,
     path: PathBuf,
+    pending: std::sync::atomic::AtomicBool,
+    /// Serialises commits so `pending` is exact (redb has one writer anyway).
+    write: std::sync::Mutex<()>,
 }
 
 impl LocalMeta {
@@ -69,6 +85,8 @@ impl LocalMeta {
         Ok(LocalMeta {
             fs: RedbFs::open(path)?,
             path: path.to_path_buf(),
+            pending: std::sync::atomic::AtomicBool::new(false),
+            write: std::sync::Mutex::new(()),
         })
     }
 
@@ -84,8 +102,16 @@ impl LocalMeta {
 
 impl Meta for LocalMeta {
     fn submit(&self, op: FsOp, ctx: &Ctx) -> Result<FsReply, Errno> {
+        use std::sync::atomic::Ordering;
         let name = op.name();
-        match self.fs.apply(op, ctx) {
+        let durable = matches!(op, FsOp::AppendSlices { .. } | FsOp::ReplaceSlices { .. });
+        let _write = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let result = self.fs.apply_with(op, ctx, durable);
+        if result.is_ok() {
+            // A durable commit persists everything before it.
+            self.pending.store(!durable, Ordering::SeqCst);
+        }
+        match result {
             Ok(r) => Ok(r),
             Err(super::ApplyError::Errno(e)) => Err(e),
             Err(super::ApplyError::Store(e)) => Err(self.eio(name, e)),
@@ -141,6 +167,18 @@ impl Meta for LocalMeta {
         self.view()?
             .orphans()
             .map_err(|e| self.eio("listing orphans", e))
+    }
+
+    fn sync(&self) -> Result<(), Errno> {
+        use std::sync::atomic::Ordering;
+        let _write = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        if self.pending.load(Ordering::SeqCst) {
+            self.fs
+                .sync()
+                .map_err(|e| self.eio("syncing metadata", e))?;
+            self.pending.store(false, Ordering::SeqCst);
+        }
+        Ok(())
     }
 }
 

@@ -66,7 +66,18 @@ impl RedbFs {
 
     /// Applies one op in one durable transaction.
     pub fn apply(&self, op: FsOp, ctx: &Ctx) -> Result<FsReply, ApplyError> {
-        let txn = self.db.begin_write().map_err(db)?;
+        self.apply_with(op, ctx, true)
+    }
+
+    /// Applies one op in one transaction; with `durable == false` the
+    /// commit is not fsynced and becomes durable with the next durable
+    /// commit or [`RedbFs::sync`] (a crash before that rolls back to the
+    /// last durable state, which is always consistent).
+    pub fn apply_with(&self, op: FsOp, ctx: &Ctx, durable: bool) -> Result<FsReply, ApplyError> {
+        let mut txn = self.db.begin_write().map_err(db)?;
+        if !durable {
+            txn.set_durability(redb::Durability::None).map_err(db)?;
+        }
         let result = {
             let mut view = WriteView::new(&txn)?;
             apply::apply(&mut view, op, ctx)
@@ -81,6 +92,12 @@ impl RedbFs {
                 Err(e)
             }
         }
+    }
+
+    /// Makes every earlier commit durable (one fsync'd empty commit).
+    pub fn sync(&self) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db)?;
+        txn.commit().map_err(db)
     }
 
     /// A consistent read-only snapshot.

@@ -79,6 +79,43 @@ pub struct Client {
     dirty_total: AtomicUsize,
     opts: ClientOptions,
     prefetch: Option<SyncSender<ChunkId>>,
+    /// Chunks to delete once the metadata that dropped them is durable.
+    freeq: Arc<Mutex<Vec<ChunkId>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    syncer: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Deleted chunks queued before the queue is drained inline.
+const MAX_FREE_QUEUE: usize = 65_536;
+
+/// Makes metadata durable, then deletes the chunks it no longer uses (in
+/// that order: a crash must never leave metadata pointing at a deleted
+/// chunk).
+fn sync_and_free(
+    meta: &dyn Meta,
+    chunks: &dyn ChunkIo,
+    freeq: &Mutex<Vec<ChunkId>>,
+) -> Result<(), Errno> {
+    let ids = std::mem::take(&mut *lock(freeq));
+    if let Err(e) = meta.sync() {
+        lock(freeq).extend(ids);
+        return Err(e);
+    }
+    for id in ids {
+        let _ = chunks.delete(&id);
+    }
+    Ok(())
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.syncer.take() {
+            h.thread().unpark();
+            let _ = h.join();
+        }
+        let _ = sync_and_free(&*self.meta, &*self.chunks, &self.freeq);
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -104,6 +141,30 @@ impl Client {
             }
             tx
         });
+        let freeq = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let syncer = {
+            let (meta, chunks, freeq, stop) =
+                (meta.clone(), chunks.clone(), freeq.clone(), stop.clone());
+            let spawned = std::thread::Builder::new()
+                .name("store-sync".into())
+                .spawn(move || loop {
+                    std::thread::park_timeout(std::time::Duration::from_millis(500));
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    if let Err(e) = sync_and_free(&*meta, &*chunks, &freeq) {
+                        tracing::warn!(error = %e, "background metadata sync failed; retrying");
+                    }
+                });
+            match spawned {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    tracing::warn!(error = %e, "starting the sync thread failed; close and fsync still sync");
+                    None
+                }
+            }
+        };
         Client {
             meta,
             chunks,
@@ -112,6 +173,9 @@ impl Client {
             dirty_total: AtomicUsize::new(0),
             opts,
             prefetch,
+            freeq,
+            stop,
+            syncer,
         }
     }
 
@@ -155,11 +219,27 @@ impl Client {
         self.free(&reply.freed);
     }
 
+    /// Queues chunks for deletion after the next metadata sync.
     fn free(&self, ids: &[ChunkId]) {
+        if ids.is_empty() {
+            return;
+        }
         for id in ids {
             self.cache.remove(id);
-            let _ = self.chunks.delete(id);
         }
+        let full = {
+            let mut q = lock(&self.freeq);
+            q.extend_from_slice(ids);
+            q.len() > MAX_FREE_QUEUE
+        };
+        if full {
+            let _ = self.sync();
+        }
+    }
+
+    /// Makes all metadata durable and deletes chunks freed so far.
+    pub fn sync(&self) -> Result<(), Errno> {
+        sync_and_free(&*self.meta, &*self.chunks, &self.freeq)
     }
 
     /// Deletes an unlinked inode and its chunks.
@@ -347,14 +427,16 @@ impl Client {
     /// commit failure. Durable when `Ok`.
     pub fn flush(&self, ino: u64) -> Result<(), Errno> {
         let Some(s) = self.existing(ino) else {
-            return Ok(());
+            return self.meta.sync();
         };
         let mut f = lock(&s);
         let r = self.commit(ino, &mut f);
-        match f.error.take() {
-            Some(e) => Err(e),
-            None => r,
+        if let Some(e) = f.error.take() {
+            return Err(e);
         }
+        r?;
+        drop(f);
+        self.meta.sync()
     }
 
     /// Drops a handle: commits, and on the last close of an unlinked file
@@ -396,6 +478,9 @@ impl Client {
             if let Err(e) = self.commit(ino, &mut f) {
                 tracing::error!(ino, error = %e, "committing buffered writes at unmount failed");
             }
+        }
+        if let Err(e) = self.sync() {
+            tracing::error!(error = %e, "syncing metadata at unmount failed");
         }
     }
 
@@ -644,7 +729,12 @@ mod tests {
         assert_eq!(c.read(ino, 0, 10).unwrap(), vec![7u8; 10]);
         c.release(ino).unwrap();
         assert_eq!(c.meta().inode(ino), Err(Errno::ENOENT));
-        assert_eq!(count(), 0, "chunks deleted with the file");
+        c.sync().unwrap();
+        assert_eq!(
+            count(),
+            0,
+            "chunks deleted with the file once metadata is durable"
+        );
     }
 
     #[test]

@@ -578,8 +578,10 @@ impl Filesystem for StoreFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // Every namespace op is durable when it returns.
-        reply.ok();
+        match self.client.sync() {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
