@@ -814,6 +814,110 @@ posix_test!(tar_extract_of_a_real_tree, |r| {
     }
 });
 
+posix_test!(locks_exclude_other_processes, |r| {
+    let p = r.path().join("lockfile");
+    fs::write(&p, b"").unwrap();
+    let q = p.display().to_string();
+    // flock: a second process cannot take the lock while the first holds it.
+    let holder = Command::new("flock")
+        .arg(&q)
+        .args(["sleep", "1.5"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let o = Command::new("flock")
+        .args(["-n", &q, "true"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "flock -n got a held lock");
+    // A blocking flock waits for the holder, then succeeds.
+    let start = Instant::now();
+    let o = Command::new("flock")
+        .args(["-w", "10", &q, "true"])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert!(start.elapsed() > Duration::from_millis(500), "did not wait");
+    let mut holder = holder;
+    holder.wait().unwrap();
+    // fcntl byte-range locks: exclusive ranges conflict, disjoint ones do not.
+    let f = OpenOptions::new().read(true).write(true).open(&p).unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+    let set = |fd: i32, kind: i32, start: i64, len: i64, cmd: i32| {
+        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+        fl.l_type = kind as i16;
+        fl.l_whence = libc::SEEK_SET as i16;
+        fl.l_start = start;
+        fl.l_len = len;
+        // SAFETY: valid fd and flock struct.
+        let rc = unsafe { libc::fcntl(fd, cmd, &mut fl) };
+        (rc, fl)
+    };
+    assert_eq!(set(fd, libc::F_WRLCK, 0, 10, libc::F_SETLK).0, 0);
+    // F_GETLK from this process sees no conflict with its own lock.
+    let (rc, fl) = set(fd, libc::F_WRLCK, 5, 1, libc::F_GETLK);
+    assert_eq!((rc, fl.l_type), (0, libc::F_UNLCK as i16));
+    // flock and fcntl locks do not interact.
+    let o = Command::new("flock")
+        .args(["-n", &q, "true"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "flock conflicted with an fcntl lock");
+    // Another process (another owner): disjoint range fine, overlap refused.
+    let script = format!(
+        "import fcntl\nf = open({q:?}, 'r+')\n\
+         fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, 5, 20)\nprint('disjoint-ok', flush=True)\n\
+         fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, 5, 5)\nprint('overlap-granted')\n"
+    );
+    let o = Command::new("python3")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(out.contains("disjoint-ok"), "{out} {err}");
+    assert!(!out.contains("overlap-granted"), "{out}");
+    assert!(err.contains("Resource temporarily unavailable"), "{err}");
+    // A blocking request in another process waits until we unlock.
+    let mut waiter = Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import fcntl\nf = open({q:?}, 'r+')\nfcntl.lockf(f, fcntl.LOCK_EX, 5, 5)\nprint('granted')\n"
+        ))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        waiter.try_wait().unwrap().is_none(),
+        "did not wait for the lock"
+    );
+    assert_eq!(set(fd, libc::F_UNLCK, 0, 10, libc::F_SETLK).0, 0);
+    let start = Instant::now();
+    loop {
+        if let Some(st) = waiter.try_wait().unwrap() {
+            assert!(st.success());
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "waiter never granted"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut out = String::new();
+    waiter
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert_eq!(out.trim(), "granted");
+});
+
 // ---- bad input ----------------------------------------------------------
 
 posix_test!(bad_names_and_removed_directories, |r| {

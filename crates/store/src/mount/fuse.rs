@@ -18,11 +18,12 @@ use std::time::{Duration, SystemTime};
 use fuser::{
     AccessFlags, BsdFileFlags, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use super::client::Client;
+use crate::fs::locks::{Lock, LockKind, Locks};
 use crate::fs::{
     check_access, check_xattr, Ctx, Errno, FileKind, FsOp, Inode, RenameMode, SetAttr, SetTime,
     Time, XattrMode, MAX_NAME,
@@ -54,6 +55,7 @@ struct DirSnapshot {
 /// The FUSE filesystem.
 pub struct StoreFs {
     client: Arc<Client>,
+    locks: Arc<dyn Locks>,
     opts: FuseOptions,
     dirs: Mutex<HashMap<u64, Arc<DirSnapshot>>>,
     next_fh: AtomicU64,
@@ -137,9 +139,10 @@ fn set_time(t: TimeOrNow) -> SetTime {
 
 impl StoreFs {
     /// A filesystem over `client`.
-    pub fn new(client: Arc<Client>, opts: FuseOptions) -> Self {
+    pub fn new(client: Arc<Client>, locks: Arc<dyn Locks>, opts: FuseOptions) -> Self {
         StoreFs {
             client,
+            locks,
             opts,
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -210,6 +213,11 @@ impl Filesystem for StoreFs {
         let _ = config
             .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        // POSIX locks go through `Locks` (the cluster makes them exclusive
+        // across nodes) instead of staying inside this kernel. flock stays
+        // in the kernel: fuser 0.18 does not pass FUSE_LK_FLOCK, and flock
+        // and fcntl locks must not conflict with each other.
+        let _ = config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS);
         Ok(())
     }
 
@@ -464,10 +472,21 @@ impl Filesystem for StoreFs {
         ino: INodeNo,
         _fh: FileHandle,
         _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        if let Some(owner) = lock_owner {
+            // The kernel asks to drop the open file's flock locks.
+            let all = Lock {
+                owner: owner.0,
+                start: 0,
+                end: u64::MAX,
+                kind: LockKind::Unlock,
+                pid: 0,
+            };
+            self.locks.set(ino.0, all, false, Box::new(|_| {}));
+        }
         match self.client.release(ino.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
@@ -707,6 +726,71 @@ impl Filesystem for StoreFs {
             }
             Err(e) => reply.error(errno(e)),
         }
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        let Some(kind) = LockKind::from_fcntl(typ) else {
+            return reply.error(fuser::Errno::EINVAL);
+        };
+        let req = Lock {
+            owner: lock_owner.0,
+            start,
+            end,
+            kind,
+            pid,
+        };
+        match self.locks.test(ino.0, &req) {
+            Ok(Some(l)) => reply.locked(l.start, l.end, l.kind.to_fcntl(), l.pid),
+            Ok(None) => reply.locked(start, end, libc::F_UNLCK, 0),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn setlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let Some(kind) = LockKind::from_fcntl(typ) else {
+            return reply.error(fuser::Errno::EINVAL);
+        };
+        let req = Lock {
+            owner: lock_owner.0,
+            start,
+            end,
+            kind,
+            pid,
+        };
+        // A waiting request is answered later, from whichever thread frees
+        // the conflicting lock; this worker thread moves on.
+        self.locks.set(
+            ino.0,
+            req,
+            sleep,
+            Box::new(move |r| match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(e)),
+            }),
+        );
     }
 
     fn fallocate(

@@ -205,6 +205,7 @@ pub async fn run(args: MountArgs, mut shutdown: Shutdown) -> anyhow::Result<()> 
     }
     let fs = StoreFs::new(
         client.clone(),
+        Arc::new(crate::fs::locks::LocalLocks::new()),
         FuseOptions {
             ttl: Duration::from_millis(args.ttl_ms),
             direct_io: args.direct_io,
