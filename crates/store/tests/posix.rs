@@ -1045,4 +1045,20 @@ fn sigterm_unmounts_cleanly_and_data_persists() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("already mounted"), "{err}");
+    // An external umount ends the process cleanly.
+    let st = Command::new("umount").arg(&mnt).status().unwrap();
+    assert!(st.success());
+    let mut c = m.child.take().unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = c.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "mount process kept running"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit {status}: {}", m.log());
 }

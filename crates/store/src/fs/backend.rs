@@ -44,6 +44,26 @@ pub trait Meta: Send + Sync + 'static {
     fn sync(&self) -> Result<(), Errno> {
         Ok(())
     }
+    /// Changes made by other clients, for the mount to drop what the kernel
+    /// cached (names, attributes, pages). `None` when nobody else can change
+    /// the namespace (the local backend). Called once per mount.
+    fn subscribe(&self) -> Option<std::sync::mpsc::Receiver<Change>> {
+        None
+    }
+}
+
+/// Something another client changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Attributes or content of `ino`.
+    Inode(u64),
+    /// The entry `name` of directory `parent` (created, removed, renamed).
+    Entry {
+        /// Directory.
+        parent: u64,
+        /// Name in it.
+        name: Vec<u8>,
+    },
 }
 
 /// Immutable chunks of file data.

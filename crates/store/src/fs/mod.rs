@@ -31,7 +31,7 @@ pub use apply::{
     apply, check_access, check_xattr, init_root, ApplyError, MAX_FILE_SIZE, MAX_NAME,
     MAX_XATTR_NAME, MAX_XATTR_VALUE,
 };
-pub use backend::{ChunkIo, LocalChunks, LocalMeta, Meta};
+pub use backend::{Change, ChunkIo, LocalChunks, LocalMeta, Meta};
 pub use mem::MemStore;
 pub use redb_store::{RedbFs, StoreError};
 pub use slices::{resolve, Piece, Slice};

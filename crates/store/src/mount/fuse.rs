@@ -149,6 +149,11 @@ impl StoreFs {
         }
     }
 
+    /// The client behind this filesystem.
+    pub fn client(&self) -> &Arc<Client> {
+        &self.client
+    }
+
     fn fh(&self) -> u64 {
         self.next_fh.fetch_add(1, Ordering::Relaxed)
     }

@@ -177,6 +177,62 @@ pub fn prepare_mountpoint(dir: &Path) -> anyhow::Result<()> {
     }
 }
 
+/// Mounts `fs` on `dir` and serves it from `threads` worker threads in the
+/// background; other clients' changes (if the backend reports them) are
+/// turned into kernel cache invalidations. Dropping the session unmounts.
+pub fn serve(
+    dir: &Path,
+    fs: StoreFs,
+    threads: usize,
+    fsname: &str,
+) -> anyhow::Result<fuser::BackgroundSession> {
+    let changes = fs.client().meta().subscribe();
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::FSName(fsname.to_string()),
+        fuser::MountOption::Subtype("store".into()),
+        fuser::MountOption::DefaultPermissions,
+    ];
+    config.acl = fuser::SessionACL::All;
+    config.n_threads = Some(threads.max(1));
+    config.clone_fd = true;
+    let session = fuser::Session::new(fs, dir, &config)
+        .with_context(|| format!("mounting on {} (needs root and /dev/fuse)", dir.display()))?;
+    let notifier = session.notifier();
+    let bg = session
+        .spawn()
+        .context("starting the FUSE worker threads")?;
+    if let Some(rx) = changes {
+        std::thread::Builder::new()
+            .name("store-invalidate".into())
+            .spawn(move || invalidate(&notifier, &rx))
+            .context("starting the cache invalidation thread")?;
+    }
+    Ok(bg)
+}
+
+/// Drops kernel caches for every change reported by the backend. Runs on
+/// its own thread: notifications must not be sent from a request handler.
+fn invalidate(notifier: &fuser::Notifier, rx: &std::sync::mpsc::Receiver<crate::fs::Change>) {
+    use crate::fs::Change;
+    use std::ffi::OsStr;
+    for change in rx {
+        let r = match &change {
+            Change::Inode(ino) => notifier.inval_inode(fuser::INodeNo(*ino), 0, 0),
+            Change::Entry { parent, name } => {
+                notifier.inval_entry(fuser::INodeNo(*parent), OsStr::from_bytes(name))
+            }
+        };
+        match r {
+            // Not cached by the kernel: nothing to drop.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => return,
+            Err(e) => tracing::debug!(?change, error = %e, "cache invalidation failed"),
+            Ok(()) => {}
+        }
+    }
+}
+
 /// Runs `store mount` in the foreground until SIGTERM/SIGINT or an
 /// external `umount`, then commits buffered writes and unmounts.
 pub async fn run(args: MountArgs, mut shutdown: Shutdown) -> anyhow::Result<()> {
@@ -211,20 +267,12 @@ pub async fn run(args: MountArgs, mut shutdown: Shutdown) -> anyhow::Result<()> 
             direct_io: args.direct_io,
         },
     );
-    let mut config = fuser::Config::default();
-    config.mount_options = vec![
-        fuser::MountOption::FSName(format!("store:{}", args.backend)),
-        fuser::MountOption::Subtype("store".into()),
-        fuser::MountOption::DefaultPermissions,
-    ];
-    config.acl = fuser::SessionACL::All;
-    config.n_threads = Some(usize::from(args.threads));
-    config.clone_fd = true;
-    let session = fuser::Session::new(fs, &dir, &config)
-        .with_context(|| format!("mounting on {} (needs root and /dev/fuse)", dir.display()))?;
-    let bg = session
-        .spawn()
-        .context("starting the FUSE worker threads")?;
+    let bg = serve(
+        &dir,
+        fs,
+        usize::from(args.threads),
+        &format!("store:{}", args.backend),
+    )?;
     tracing::info!(dir = %dir.display(), backend = %args.backend, threads = args.threads, "mounted");
     loop {
         tokio::select! {
