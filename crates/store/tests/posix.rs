@@ -1062,3 +1062,49 @@ fn sigterm_unmounts_cleanly_and_data_persists() {
     };
     assert!(status.success(), "exit {status}: {}", m.log());
 }
+
+#[test]
+fn fstab_helper_mounts_in_the_background() {
+    if !is_root() || !Path::new("/dev/fuse").exists() {
+        eprintln!("skipped: needs root and /dev/fuse");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let helper = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/mount.fuse.store");
+    let o = Command::new(&helper)
+        .arg(format!("local:{}", dir.path().join("be").display()))
+        .arg(&mnt)
+        .args(["-o", "rw,_netdev,threads=2,cache_mb=16"])
+        .env("STORE_BIN", STORE)
+        .env("STORE_MOUNT_LOG", dir.path().join("log"))
+        .output()
+        .unwrap();
+    struct Umount(PathBuf);
+    impl Drop for Umount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _guard = Umount(mnt.clone());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(mounted(&mnt), "helper returned before the mount was up");
+    fs::write(mnt.join("f"), b"via fstab").unwrap();
+    assert_eq!(fs::read(mnt.join("f")).unwrap(), b"via fstab");
+    // umount ends the background process (it notices within 0.2 s).
+    assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
+    std::thread::sleep(Duration::from_millis(600));
+    let log = fs::read_to_string(dir.path().join("log")).unwrap_or_default();
+    assert!(log.contains("unmounted"), "{log}");
+    // A bad backend fails with the mount's own message.
+    let o = Command::new(&helper)
+        .arg("nfs:/x")
+        .arg(&mnt)
+        .env("STORE_BIN", STORE)
+        .env("STORE_MOUNT_LOG", dir.path().join("log2"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("local:PATH"));
+}

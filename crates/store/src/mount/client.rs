@@ -266,16 +266,20 @@ impl Client {
         Ok(orphans.len())
     }
 
-    /// The inode with buffered writes accounted for (size, mtime).
+    /// The inode with buffered writes accounted for (size).
     pub fn getattr(&self, ino: u64) -> Result<Inode, Errno> {
-        let mut i = self.meta.inode(ino)?;
-        if let Some(s) = self.existing(ino) {
+        Ok(self.with_buffered(self.meta.inode(ino)?))
+    }
+
+    /// `i` with the size grown by writes buffered here.
+    pub fn with_buffered(&self, mut i: Inode) -> Inode {
+        if let Some(s) = self.existing(i.ino) {
             let f = lock(&s);
             if f.end > i.size {
                 i.size = f.end;
             }
         }
-        Ok(i)
+        i
     }
 
     /// Registers an open handle of `ino`.

@@ -733,6 +733,52 @@ impl Filesystem for StoreFs {
         }
     }
 
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        // Terminal and filesystem-specific ioctls: not a tty, nothing to do.
+        reply.error(fuser::Errno::ENOTTY);
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: i64,
+        _whence: i32,
+        reply: fuser::ReplyLseek,
+    ) {
+        // ENOSYS makes the kernel seek by itself (SEEK_DATA/SEEK_HOLE then
+        // treat the whole file as data, which is correct if not optimal).
+        reply.error(fuser::Errno::ENOSYS);
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        _fh_in: FileHandle,
+        _offset_in: u64,
+        _ino_out: INodeNo,
+        _fh_out: FileHandle,
+        _offset_out: u64,
+        _len: u64,
+        _flags: fuser::CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        // ENOSYS: the kernel falls back to reading and writing.
+        reply.error(fuser::Errno::ENOSYS);
+    }
+
     fn getlk(
         &self,
         _req: &Request,
@@ -840,12 +886,7 @@ impl Filesystem for StoreFs {
 impl StoreFs {
     /// Lookups report buffered (uncommitted) sizes of files open here.
     fn with_dirty(&self, i: Inode) -> Inode {
-        if i.kind == FileKind::Regular {
-            if let Ok(j) = self.client.getattr(i.ino) {
-                return j;
-            }
-        }
-        i
+        self.client.with_buffered(i)
     }
 
     /// JSON description of a file's slices and where their chunks are.
