@@ -150,30 +150,45 @@ pub fn needs_compaction(slices: &[Slice]) -> bool {
 }
 
 /// Plans a compaction of a file of `size` bytes: the file ranges to copy
-/// into new chunks, in order. The file is cut into `chunk_size` windows;
-/// each window holding data becomes one range from its first to its last
-/// data byte (holes inside are written as zeros, which read the same), so
-/// the result has at most one slice per window. The caller reads each
-/// range, stores it as a new chunk, and commits `FsOp::ReplaceSlices`.
-pub fn plan_compaction(slices: &[Slice], size: u64, chunk_size: u64) -> Vec<(u64, u64)> {
+/// into new chunks, in order. The file is cut into `chunk_size` windows; a
+/// window whose data comes from more than one slice (fragmented) becomes
+/// one range from its first to its last data byte (holes inside are written
+/// as zeros, which read the same). At most `max_windows` ranges, so one
+/// compaction of a huge file stays bounded; windows already in one piece
+/// are left alone. The caller stores each range as a new chunk and commits
+/// `FsOp::ReplaceSlices` with `prune_shadowed(old ++ new)`.
+pub fn plan_compaction(
+    slices: &[Slice],
+    size: u64,
+    chunk_size: u64,
+    max_windows: usize,
+) -> Vec<(u64, u64)> {
     let chunk_size = chunk_size.max(1);
-    let mut out: Vec<(u64, u64)> = Vec::new();
+    // Per window: (first data byte, end of data, data pieces).
+    let mut windows: Vec<(u64, u64, usize)> = Vec::new();
     for p in resolve(slices, 0, size) {
         if p.src.is_none() {
             continue;
         }
         let (mut a, end) = (p.off, p.off + p.len);
         while a < end {
-            let window_end = (a / chunk_size + 1) * chunk_size;
-            let b = end.min(window_end);
-            match out.last_mut() {
-                Some(last) if last.0 / chunk_size == a / chunk_size => last.1 = b - last.0,
-                _ => out.push((a, b - a)),
+            let b = end.min((a / chunk_size + 1) * chunk_size);
+            match windows.last_mut() {
+                Some(w) if w.0 / chunk_size == a / chunk_size => {
+                    w.1 = b;
+                    w.2 += 1;
+                }
+                _ => windows.push((a, b, 1)),
             }
             a = b;
         }
     }
-    out
+    windows
+        .into_iter()
+        .filter(|w| w.2 > 1)
+        .take(max_windows)
+        .map(|(a, b, _)| (a, b - a))
+        .collect()
 }
 
 /// Fixed-size binary encoding of a slice list (40 bytes a slice), used by
@@ -308,7 +323,7 @@ mod tests {
         #[test]
         fn compaction_plan_covers_all_data(slices in arb_slices(), chunk_size in 1u64..100) {
             let size = 260;
-            let plan = plan_compaction(&slices, size, chunk_size);
+            let plan = plan_compaction(&slices, size, chunk_size, 1000);
             prop_assert!(plan.len() as u64 <= size.div_ceil(chunk_size));
             // Rewrite each planned range as its own fresh chunk whose bytes are
             // the model's bytes; the result must read the same.
@@ -321,15 +336,28 @@ mod tests {
                 data.insert(id, m[*off as usize..(*off + *len) as usize].to_vec());
                 fresh.push(Slice { off: *off, len: *len, chunk: id, chunk_off: 0 });
             }
+            let mut all = slices.clone();
+            all.extend_from_slice(&fresh);
+            let new = prune_shadowed(&all);
+            prop_assert!(new.len() <= slices.len() + fresh.len());
             let mut got = vec![0u8; size as usize];
-            for p in resolve(&fresh, 0, size) {
+            for p in resolve(&new, 0, size) {
                 if let Some((c, co)) = p.src {
-                    let d = &data[&c];
-                    got[p.off as usize..(p.off + p.len) as usize]
-                        .copy_from_slice(&d[co as usize..(co + p.len) as usize]);
+                    let range = p.off as usize..(p.off + p.len) as usize;
+                    match data.get(&c) {
+                        Some(d) => got[range].copy_from_slice(&d[co as usize..(co + p.len) as usize]),
+                        None => {
+                            for (i, b) in got[range].iter_mut().enumerate() {
+                                *b = byte_of(c, co + i as u64);
+                            }
+                        }
+                    }
                 }
             }
             prop_assert_eq!(got, m);
+            // Compacting again finds nothing fragmented.
+            let again = plan_compaction(&new, size, chunk_size, 1000);
+            prop_assert!(again.is_empty(), "{:?}", again);
         }
 
         #[test]

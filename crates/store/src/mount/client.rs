@@ -585,7 +585,11 @@ impl Client {
             return Ok(());
         }
         let inode = self.meta.inode(ino)?;
-        let plan = slices::plan_compaction(&old, inode.size, self.opts.chunk_size as u64);
+        // At most 16 windows (64 MiB) per close: bounded work on big files.
+        let plan = slices::plan_compaction(&old, inode.size, self.opts.chunk_size as u64, 16);
+        if plan.is_empty() {
+            return Ok(());
+        }
         let mut new = Vec::with_capacity(plan.len());
         let mut written = Vec::new();
         for (off, len) in plan {
@@ -608,10 +612,12 @@ impl Client {
                 chunk_off: 0,
             });
         }
+        let mut all = old.clone();
+        all.extend_from_slice(&new);
         let op = FsOp::ReplaceSlices {
             ino,
             expect: old,
-            new,
+            new: slices::prune_shadowed(&all),
         };
         match self.meta.submit(op, &Ctx::root(Time::now())) {
             Ok(r) => {
