@@ -1108,3 +1108,75 @@ fn fstab_helper_mounts_in_the_background() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("local:PATH"));
 }
+
+#[test]
+fn writes_beyond_the_size_limit_fail_with_efbig() {
+    let Some(root) = Root::store() else { return };
+    let p = root.path().join("huge");
+    let f = File::create(&p).unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+    let buf = [1u8; 16];
+    // SAFETY: valid fd and buffer.
+    let n = unsafe { libc::pwrite(fd, buf.as_ptr().cast(), buf.len(), 1 << 51) };
+    assert_eq!(n, -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EFBIG)
+    );
+    assert_eq!(errno(f.set_len(1 << 51)), libc::EFBIG);
+    // The mount is still fine.
+    drop(f);
+    fs::write(&p, b"ok").unwrap();
+    assert_eq!(fs::read(&p).unwrap(), b"ok");
+}
+
+#[test]
+fn a_full_backend_reports_enospc_and_keeps_committed_files() {
+    if !is_root() || !Path::new("/dev/fuse").exists() {
+        eprintln!("skipped: needs root and /dev/fuse");
+        return;
+    }
+    // The backend on a 24 MiB tmpfs.
+    let mut m = Mount::start();
+    m.kill9();
+    let _ = Command::new("umount").arg("-l").arg(m.mnt()).status();
+    let be = m.backend();
+    let _ = fs::remove_dir_all(&be);
+    fs::create_dir_all(&be).unwrap();
+    struct Umount(PathBuf);
+    impl Drop for Umount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"])
+        .arg(&be)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let _be_guard = Umount(be.clone());
+    m.spawn();
+    let mnt = m.mnt();
+    fs::write(mnt.join("small"), b"committed").unwrap();
+    let mut f = File::create(mnt.join("big")).unwrap();
+    let data = pattern(1 << 20, 5);
+    let mut failed = None;
+    for _ in 0..64 {
+        if let Err(e) = f.write_all(&data) {
+            failed = Some(e);
+            break;
+        }
+    }
+    let failed = failed.or_else(|| f.sync_all().err());
+    let e = failed.expect("writing 64 MiB into 24 MiB succeeded");
+    assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+    drop(f);
+    // Earlier files are intact, and space comes back after a delete.
+    assert_eq!(fs::read(mnt.join("small")).unwrap(), b"committed");
+    fs::remove_file(mnt.join("big")).unwrap();
+    std::thread::sleep(Duration::from_millis(1200)); // chunk deletion after the metadata sync
+    fs::write(mnt.join("after"), pattern(4 << 20, 6)).unwrap();
+    assert!(fs::read(mnt.join("after")).unwrap() == pattern(4 << 20, 6));
+    drop(m);
+}
