@@ -287,17 +287,28 @@ pub async fn run(args: MountArgs, mut shutdown: Shutdown) -> anyhow::Result<()> 
     }
     let flush_client = client.clone();
     tokio::task::spawn_blocking(move || flush_client.flush_all()).await?;
-    unmount(&dir)?;
+    // fuser unmounts and joins its workers; when files are still open the
+    // unmount is refused (EBUSY) and we detach instead.
     let joined = tokio::time::timeout(
         Duration::from_secs(5),
-        tokio::task::spawn_blocking(move || bg.join()),
+        tokio::task::spawn_blocking(move || bg.umount_and_join()),
     )
     .await;
     match joined {
         Ok(Ok(Ok(()))) => tracing::info!(dir = %dir.display(), "unmounted"),
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "FUSE session ended with an error"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "FUSE session thread failed"),
-        Err(_) => tracing::warn!("FUSE workers still busy after unmount; exiting anyway"),
+        Ok(Ok(Err(e))) => {
+            tracing::debug!(error = %e, "plain unmount refused");
+            unmount(&dir)?;
+            tracing::info!(dir = %dir.display(), "unmounted (detached)");
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "FUSE session thread failed");
+            unmount(&dir)?;
+        }
+        Err(_) => {
+            tracing::warn!("FUSE workers still busy after unmount; detaching and exiting");
+            unmount(&dir)?;
+        }
     }
     Ok(())
 }
