@@ -46,6 +46,10 @@ pub enum Command {
     Out(NodeArgs),
     /// Place data on a node again after `store out`.
     In(NodeArgs),
+    /// Mount the filesystem on DIR (foreground) until SIGTERM/SIGINT.
+    Mount(crate::mount::MountArgs),
+    /// Inspect files on a mount (`store fs stat PATH`).
+    Fs(crate::mount::FsArgs),
 }
 
 /// Flags of the commands that act on one node.
@@ -181,6 +185,8 @@ pub async fn run(command: Command, shutdown: Shutdown) -> anyhow::Result<()> {
         Command::RemoveNode(a) => crate::admin_cli::change_node(&a.client, &a.id, "remove").await,
         Command::Out(a) => crate::admin_cli::change_node(&a.client, &a.id, "out").await,
         Command::In(a) => crate::admin_cli::change_node(&a.client, &a.id, "in").await,
+        Command::Mount(args) => crate::mount::run(args, shutdown).await,
+        Command::Fs(args) => crate::mount::run_fs(args),
     }
 }
 

@@ -20,6 +20,8 @@ pub mod api;
 pub mod chunk;
 pub mod cli;
 pub mod cluster;
+pub mod fs;
+pub mod mount;
 pub mod net;
 pub mod placement;
 pub mod replication;
