@@ -918,6 +918,71 @@ posix_test!(locks_exclude_other_processes, |r| {
     assert_eq!(out.trim(), "granted");
 });
 
+posix_test!(mmap_fifo_and_append, |r| {
+    let root = r.path();
+    // Shared writable mmap: stores reach the file.
+    let p = root.join("mapped");
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&p)
+        .unwrap();
+    f.set_len(8192).unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+    // SAFETY: mapping 8192 bytes of a file we just sized; unmapped below.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            8192,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        )
+    };
+    assert_ne!(
+        addr,
+        libc::MAP_FAILED,
+        "{}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: addr points at 8192 mapped bytes.
+    unsafe {
+        std::ptr::copy_nonoverlapping(b"mapped!".as_ptr(), (addr as *mut u8).add(4096), 7);
+        assert_eq!(libc::msync(addr, 8192, libc::MS_SYNC), 0);
+        libc::munmap(addr, 8192);
+    }
+    drop(f);
+    let got = fs::read(&p).unwrap();
+    assert_eq!(&got[4096..4103], b"mapped!");
+    assert!(got[..4096].iter().all(|b| *b == 0));
+    // A FIFO is a FIFO.
+    let fifo = cstr(&root.join("fifo"));
+    // SAFETY: valid path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(
+        &fs::metadata(root.join("fifo")).unwrap().file_type()
+    ));
+    // Two O_APPEND descriptors interleave without overwriting.
+    let a = root.join("appended");
+    let mut x = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&a)
+        .unwrap();
+    let mut y = OpenOptions::new().append(true).open(&a).unwrap();
+    for _ in 0..50 {
+        x.write_all(b"xx").unwrap();
+        y.write_all(b"y").unwrap();
+    }
+    drop((x, y));
+    let got = fs::read(&a).unwrap();
+    assert_eq!(got.len(), 150);
+    assert_eq!(got.iter().filter(|b| **b == b'y').count(), 50);
+});
+
 // ---- bad input ----------------------------------------------------------
 
 posix_test!(bad_names_and_removed_directories, |r| {
