@@ -983,6 +983,42 @@ posix_test!(mmap_fifo_and_append, |r| {
     assert_eq!(got.iter().filter(|b| **b == b'y').count(), 50);
 });
 
+posix_test!(supplementary_groups_grant_access, |r| {
+    let d = r.path().join("team");
+    fs::create_dir(&d).unwrap();
+    std::os::unix::fs::chown(&d, Some(0), Some(50)).unwrap();
+    fs::set_permissions(&d, fs::Permissions::from_mode(0o770)).unwrap();
+    let run = |groups: &str| {
+        Command::new("setpriv")
+            .args([
+                "--reuid=1000",
+                "--regid=1000",
+                &format!("--groups={groups}"),
+            ])
+            .args([
+                "sh",
+                "-c",
+                &format!(
+                    "echo hi > {}/f-{groups} && mkdir {}/d-{groups}",
+                    d.display(),
+                    d.display()
+                ),
+            ])
+            .output()
+            .unwrap()
+    };
+    let o = run("50");
+    assert!(
+        o.status.success(),
+        "member of group 50: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = run("51");
+    assert!(!o.status.success(), "not a member, yet allowed");
+    assert_eq!(fs::read(d.join("f-50")).unwrap(), b"hi\n");
+    assert_eq!(fs::metadata(d.join("d-50")).unwrap().uid(), 1000);
+});
+
 // ---- bad input ----------------------------------------------------------
 
 posix_test!(bad_names_and_removed_directories, |r| {
