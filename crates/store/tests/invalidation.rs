@@ -48,6 +48,9 @@ impl Meta for OtherNode {
     fn orphans(&self) -> Result<Vec<u64>, Errno> {
         self.inner.orphans()
     }
+    fn inline_chunk(&self, id: &store::placement::ChunkId) -> Result<Option<bytes::Bytes>, Errno> {
+        self.inner.inline_chunk(id)
+    }
     fn subscribe(&self) -> Option<Receiver<Change>> {
         self.rx.lock().ok()?.take()
     }

@@ -36,6 +36,9 @@ pub struct ClientOptions {
     pub dirty_limit: usize,
     /// Threads fetching the next chunk ahead of sequential readers.
     pub prefetch_threads: usize,
+    /// Commits of at most this many bytes keep their data in the metadata
+    /// (inline chunks) instead of the chunk store (≤ [`crate::fs::MAX_INLINE`]).
+    pub inline_max: usize,
 }
 
 impl Default for ClientOptions {
@@ -45,8 +48,25 @@ impl Default for ClientOptions {
             cache_bytes: 256 << 20,
             dirty_limit: 256 << 20,
             prefetch_threads: 2,
+            inline_max: 32 * 1024,
         }
     }
+}
+
+/// First bytes of the ids of inline chunks (the rest is random). A chunk
+/// store id may start the same way by chance: reads then look in the
+/// metadata first and fall back to the chunk store.
+const INLINE_PREFIX: [u8; 4] = *b"inl\0";
+
+fn inline_id() -> ChunkId {
+    let mut id: [u8; 16] = rand::random();
+    id[..4].copy_from_slice(&INLINE_PREFIX);
+    ChunkId(id)
+}
+
+/// Whether `id` may be an inline chunk.
+pub fn maybe_inline(id: &ChunkId) -> bool {
+    id.0[..4] == INLINE_PREFIX
 }
 
 /// Most write extents buffered for one file before a commit (bounds the
@@ -126,6 +146,7 @@ impl Client {
     /// A client over `meta` and `chunks`.
     pub fn new(meta: Arc<dyn Meta>, chunks: Arc<dyn ChunkIo>, mut opts: ClientOptions) -> Self {
         opts.chunk_size = opts.chunk_size.clamp(4096, MAX_CHUNK);
+        opts.inline_max = opts.inline_max.min(crate::fs::MAX_INLINE);
         let cache = Arc::new(ChunkCache::new(opts.cache_bytes));
         let prefetch = (opts.prefetch_threads > 0).then(|| {
             let (tx, rx) = sync_channel::<ChunkId>(32);
@@ -362,7 +383,13 @@ impl Client {
                 b.extend_from_slice(piece);
             }
         }
-        let ids = self.put_all(&bufs)?;
+        let total: usize = bufs.iter().map(Vec::len).sum();
+        let inline = total <= self.opts.inline_max;
+        let ids = if inline {
+            bufs.iter().map(|_| inline_id()).collect()
+        } else {
+            self.put_all(&bufs)?
+        };
         let new_slices: Vec<Slice> = placed
             .iter()
             .map(|&(off, len, bi, boff)| Slice {
@@ -377,6 +404,11 @@ impl Client {
             ino,
             slices: new_slices,
             size: end,
+            inline: if inline {
+                ids.iter().copied().zip(bufs.iter().cloned()).collect()
+            } else {
+                Vec::new()
+            },
         };
         match self.meta.submit(op, &ctx) {
             Ok(reply) => {
@@ -388,7 +420,9 @@ impl Client {
             }
             Err(e) => {
                 // The chunks are unreferenced: drop them.
-                self.free(&ids);
+                if !inline {
+                    self.free(&ids);
+                }
                 Err(e)
             }
         }
@@ -502,6 +536,12 @@ impl Client {
         if let Some(b) = self.cache.get(id) {
             return Ok(b);
         }
+        if maybe_inline(id) {
+            if let Some(b) = self.meta.inline_chunk(id)? {
+                self.cache.insert(*id, b.clone());
+                return Ok(b);
+            }
+        }
         let b = self.chunks.get(id)?;
         self.cache.insert(*id, b.clone());
         Ok(b)
@@ -568,7 +608,7 @@ impl Client {
         let ahead = (self.opts.chunk_size as u64).min(size - at);
         for p in slices::resolve(slices, at, ahead) {
             if let Some((id, _)) = p.src {
-                if self.cache.get(&id).is_none() {
+                if !maybe_inline(&id) && self.cache.get(&id).is_none() {
                     if let Err(TrySendError::Disconnected(_)) = tx.try_send(id) {
                         return;
                     }
@@ -658,6 +698,7 @@ mod tests {
             chunks,
             ClientOptions {
                 chunk_size,
+                inline_max: 0,
                 ..ClientOptions::default()
             },
         )
@@ -745,6 +786,36 @@ mod tests {
             0,
             "chunks deleted with the file once metadata is durable"
         );
+    }
+
+    #[test]
+    fn small_commits_are_inline_and_need_no_chunk_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let inline_client = |dir: &std::path::Path| {
+            let meta = Arc::new(LocalMeta::open(&dir.join("meta.redb")).unwrap());
+            let chunks = Arc::new(LocalChunks::open(&dir.join("chunks")).unwrap());
+            Client::new(meta, chunks, ClientOptions::default())
+        };
+        let c = inline_client(dir.path());
+        let ino = mkfile(&c, "small");
+        let ctx = Ctx::root(Time::now());
+        c.open(ino);
+        c.write(ino, 0, b"tiny file", &ctx).unwrap();
+        c.release(ino).unwrap();
+        let chunk_files = walk(&dir.path().join("chunks"))
+            .into_iter()
+            .filter(|p| {
+                !p.strip_prefix(dir.path().join("chunks"))
+                    .is_ok_and(|r| r.starts_with("tmp"))
+            })
+            .count();
+        assert_eq!(chunk_files, 0);
+        let s = c.meta().slices(ino).unwrap();
+        assert!(maybe_inline(&s[0].chunk));
+        drop(c);
+        // Read back after a restart (nothing cached).
+        let c = inline_client(dir.path());
+        assert_eq!(c.read(ino, 0, 100).unwrap(), b"tiny file");
     }
 
     #[test]

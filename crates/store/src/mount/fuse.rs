@@ -901,7 +901,13 @@ impl StoreFs {
                     "length": s.len,
                     "chunk": s.chunk.to_string(),
                     "chunk_offset": s.chunk_off,
-                    "locations": self.client.chunks().locate(&s.chunk),
+                    "locations": if super::client::maybe_inline(&s.chunk)
+                        && matches!(self.client.meta().inline_chunk(&s.chunk), Ok(Some(_)))
+                    {
+                        vec!["inline (in the metadata)".to_string()]
+                    } else {
+                        self.client.chunks().locate(&s.chunk)
+                    },
                 })
             })
             .collect();
