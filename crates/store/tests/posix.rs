@@ -756,6 +756,40 @@ posix_test!(git_init_commit_fsck, |r| {
     git(&["fsck", "--full", "--strict"]);
     assert_eq!(git(&["log", "--oneline"]).lines().count(), 2);
     assert!(git(&["status", "--porcelain"]).is_empty());
+    // Clone this project's own repository (pack transfer, not hard links).
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dst = r.path().join("clone");
+    let o = Command::new("git")
+        .args(["clone", "-q", "--no-hardlinks"])
+        .arg(format!("file://{}", src.canonicalize().unwrap().display()))
+        .arg(&dst)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "git clone: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = Command::new("git")
+        .args(["fsck", "--full"])
+        .current_dir(&dst)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "git fsck: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = Command::new("git")
+        .args(["status", "--porcelain"])
+        .current_dir(&dst)
+        .output()
+        .unwrap();
+    assert!(
+        o.stdout.is_empty(),
+        "clone checkout differs: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
 });
 
 fn walk(dir: &Path, base: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
