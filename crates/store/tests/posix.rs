@@ -18,7 +18,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const STORE: &str = env!("CARGO_BIN_EXE_store");
+/// The `store` binary under test; `STORE_TEST_BIN` overrides it (useful when
+/// a shared target directory may be rebuilt from another tree meanwhile).
+fn store_bin() -> PathBuf {
+    std::env::var_os("STORE_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_store")))
+}
 /// Budget of one test; the watchdog kills the mount after it.
 const BUDGET: Duration = Duration::from_secs(55);
 
@@ -86,7 +92,7 @@ impl Mount {
     /// Starts (or restarts) the mount process and waits until it serves.
     fn spawn(&mut self) {
         let log = File::create(self.dir.path().join("mount.log")).expect("log file");
-        let child = Command::new(STORE)
+        let child = Command::new(store_bin())
             .arg("mount")
             .arg(self.mnt())
             .arg("--backend")
@@ -667,7 +673,7 @@ posix_test!(large_file_over_many_chunks, |r| {
     assert!(got[..(4 << 20) - 10] == data[..(4 << 20) - 10]);
     assert!(got[(4 << 20) + 10..] == data[(4 << 20) + 10..]);
     if r.is_store() {
-        let o = Command::new(STORE)
+        let o = Command::new(store_bin())
             .args(["fs", "stat"])
             .arg(&p)
             .output()
@@ -1170,7 +1176,7 @@ fn sigterm_unmounts_cleanly_and_data_persists() {
     m.spawn();
     assert_eq!(fs::read(mnt.join("keep")).unwrap(), b"persisted");
     // A second mount on the same point is refused with a clear message.
-    let o = Command::new(STORE)
+    let o = Command::new(store_bin())
         .arg("mount")
         .arg(&mnt)
         .arg("--backend")
@@ -1212,7 +1218,7 @@ fn fstab_helper_mounts_in_the_background() {
         .arg(format!("local:{}", dir.path().join("be").display()))
         .arg(&mnt)
         .args(["-o", "rw,_netdev,threads=2,cache_mb=16"])
-        .env("STORE_BIN", STORE)
+        .env("STORE_BIN", store_bin())
         .env("STORE_MOUNT_LOG", dir.path().join("log"))
         .output()
         .unwrap();
@@ -1236,7 +1242,7 @@ fn fstab_helper_mounts_in_the_background() {
     let o = Command::new(&helper)
         .arg("nfs:/x")
         .arg(&mnt)
-        .env("STORE_BIN", STORE)
+        .env("STORE_BIN", store_bin())
         .env("STORE_MOUNT_LOG", dir.path().join("log2"))
         .output()
         .unwrap();

@@ -289,7 +289,14 @@ impl Client {
 
     /// The inode with buffered writes accounted for (size).
     pub fn getattr(&self, ino: u64) -> Result<Inode, Errno> {
-        Ok(self.with_buffered(self.meta.inode(ino)?))
+        let Some(s) = self.existing(ino) else {
+            return self.meta.inode(ino);
+        };
+        // Under the lock, so a concurrent commit is seen whole or not at all.
+        let f = lock(&s);
+        let mut i = self.meta.inode(ino)?;
+        i.size = i.size.max(f.end);
+        Ok(i)
     }
 
     /// `i` with the size grown by writes buffered here.
@@ -550,6 +557,13 @@ impl Client {
     /// Reads up to `size` bytes at `off`: committed data through the slices,
     /// with this node's buffered writes on top.
     pub fn read(&self, ino: u64, off: u64, size: u32) -> Result<Vec<u8>, Errno> {
+        let want_end = off.saturating_add(u64::from(size));
+        // Metadata and buffered writes are read under the file's lock: a
+        // commit (which holds it) moves data from the buffer to the slices
+        // atomically for readers, so a read never misses data that a
+        // finished write() put in either place.
+        let state = self.existing(ino);
+        let guard = state.as_ref().map(|s| lock(s));
         let inode = self.meta.inode(ino)?;
         match inode.kind {
             FileKind::Regular => {}
@@ -558,9 +572,7 @@ impl Client {
         }
         let mut overlay: Vec<(u64, Vec<u8>)> = Vec::new();
         let mut file_size = inode.size;
-        let want_end = off.saturating_add(u64::from(size));
-        if let Some(s) = self.existing(ino) {
-            let f = lock(&s);
+        if let Some(f) = &guard {
             file_size = file_size.max(f.end);
             for (o, d) in &f.extents {
                 let (a, b) = ((*o).max(off), (*o + d.len() as u64).min(want_end));
@@ -573,10 +585,16 @@ impl Client {
             return Ok(Vec::new());
         }
         let len = (u64::from(size)).min(file_size - off);
-        let mut buf = vec![0u8; len as usize];
         let committed_end = (off + len).min(inode.size);
+        let slices = if committed_end > off {
+            self.meta.slices(ino)?
+        } else {
+            Vec::new()
+        };
+        drop(guard);
+        // Chunks are immutable: fetching them needs no lock.
+        let mut buf = vec![0u8; len as usize];
         if committed_end > off {
-            let slices = self.meta.slices(ino)?;
             for p in slices::resolve(&slices, off, committed_end - off) {
                 let Some((id, co)) = p.src else { continue };
                 let data = self.chunk(&id)?;
