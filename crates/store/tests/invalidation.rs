@@ -88,7 +88,7 @@ fn other_clients_changes_invalidate_cached_attributes_and_names() {
         rx: Mutex::new(Some(rx)),
     });
     let chunks = Arc::new(LocalChunks::open(&dir.path().join("chunks")).unwrap());
-    let client = Arc::new(Client::new(meta.clone(), chunks, ClientOptions::default()));
+    let client = Client::new(meta.clone(), chunks, ClientOptions::default());
     let fs = StoreFs::new(
         client,
         Arc::new(LocalLocks::new()),

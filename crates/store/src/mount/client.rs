@@ -73,6 +73,9 @@ pub fn maybe_inline(id: &ChunkId) -> bool {
 /// slice count of a commit under small random writes).
 const MAX_EXTENTS: usize = 1024;
 
+/// Buffered writes: (file offset, bytes), in write order.
+type Extents = Vec<(u64, Vec<u8>)>;
+
 /// Per-inode state while open on this node.
 #[derive(Debug, Default)]
 struct FileState {
@@ -88,6 +91,30 @@ struct FileState {
     error: Option<Errno>,
     /// Who wrote last (the commit is made as them).
     writer: Option<Ctx>,
+    /// A full chunk being committed in the background (older than
+    /// `extents`); readers see it until its slices are committed.
+    inflight: Option<Arc<Extents>>,
+    /// End of the in-flight writes (0 when none).
+    inflight_end: u64,
+}
+
+/// A file's state and the signal that its background commit finished.
+#[derive(Debug, Default)]
+struct FileSlot {
+    state: Mutex<FileState>,
+    done: std::sync::Condvar,
+}
+
+/// Waits until `f` has no background commit running (commits stay in
+/// write order) and returns the guard.
+fn wait_idle<'a>(
+    slot: &'a FileSlot,
+    mut f: MutexGuard<'a, FileState>,
+) -> MutexGuard<'a, FileState> {
+    while f.inflight.is_some() {
+        f = slot.done.wait(f).unwrap_or_else(|p| p.into_inner());
+    }
+    f
 }
 
 /// The client: metadata + chunks + caches.
@@ -95,7 +122,9 @@ pub struct Client {
     meta: Arc<dyn Meta>,
     chunks: Arc<dyn ChunkIo>,
     cache: Arc<ChunkCache>,
-    files: Mutex<HashMap<u64, Arc<Mutex<FileState>>>>,
+    files: Mutex<HashMap<u64, Arc<FileSlot>>>,
+    /// This client, for background commit threads.
+    me: std::sync::Weak<Client>,
     dirty_total: AtomicUsize,
     opts: ClientOptions,
     prefetch: Option<SyncSender<ChunkId>>,
@@ -144,7 +173,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Client {
     /// A client over `meta` and `chunks`.
-    pub fn new(meta: Arc<dyn Meta>, chunks: Arc<dyn ChunkIo>, mut opts: ClientOptions) -> Self {
+    pub fn new(
+        meta: Arc<dyn Meta>,
+        chunks: Arc<dyn ChunkIo>,
+        mut opts: ClientOptions,
+    ) -> Arc<Self> {
         opts.chunk_size = opts.chunk_size.clamp(4096, MAX_CHUNK);
         opts.inline_max = opts.inline_max.min(crate::fs::MAX_INLINE);
         let cache = Arc::new(ChunkCache::new(opts.cache_bytes));
@@ -186,7 +219,8 @@ impl Client {
                 }
             }
         };
-        Client {
+        Arc::new_cyclic(|me| Client {
+            me: me.clone(),
             meta,
             chunks,
             cache,
@@ -197,7 +231,7 @@ impl Client {
             freeq,
             stop,
             syncer,
-        }
+        })
     }
 
     /// The metadata backend.
@@ -210,11 +244,11 @@ impl Client {
         &*self.chunks
     }
 
-    fn state(&self, ino: u64) -> Arc<Mutex<FileState>> {
+    fn state(&self, ino: u64) -> Arc<FileSlot> {
         lock(&self.files).entry(ino).or_default().clone()
     }
 
-    fn existing(&self, ino: u64) -> Option<Arc<Mutex<FileState>>> {
+    fn existing(&self, ino: u64) -> Option<Arc<FileSlot>> {
         lock(&self.files).get(&ino).cloned()
     }
 
@@ -229,7 +263,7 @@ impl Client {
     fn after(&self, reply: &FsReply) {
         for &ino in &reply.orphaned {
             let open = self.existing(ino).map(|s| {
-                let mut f = lock(&s);
+                let mut f = lock(&s.state);
                 f.orphan = true;
                 f.opens > 0
             });
@@ -293,26 +327,24 @@ impl Client {
             return self.meta.inode(ino);
         };
         // Under the lock, so a concurrent commit is seen whole or not at all.
-        let f = lock(&s);
+        let f = lock(&s.state);
         let mut i = self.meta.inode(ino)?;
-        i.size = i.size.max(f.end);
+        i.size = i.size.max(f.end).max(f.inflight_end);
         Ok(i)
     }
 
     /// `i` with the size grown by writes buffered here.
     pub fn with_buffered(&self, mut i: Inode) -> Inode {
         if let Some(s) = self.existing(i.ino) {
-            let f = lock(&s);
-            if f.end > i.size {
-                i.size = f.end;
-            }
+            let f = lock(&s.state);
+            i.size = i.size.max(f.end).max(f.inflight_end);
         }
         i
     }
 
     /// Registers an open handle of `ino`.
     pub fn open(&self, ino: u64) {
-        lock(&self.state(ino)).opens += 1;
+        lock(&self.state(ino).state).opens += 1;
     }
 
     /// Buffers a write; commits when a chunk is full or memory is tight.
@@ -322,7 +354,7 @@ impl Client {
             .filter(|e| *e <= MAX_FILE_SIZE)
             .ok_or(Errno::EFBIG)?;
         let s = self.state(ino);
-        let mut f = lock(&s);
+        let mut f = lock(&s.state);
         if let Some(e) = f.error {
             return Err(e);
         }
@@ -334,13 +366,48 @@ impl Client {
         f.end = f.end.max(end);
         f.writer = Some(ctx.clone());
         let total = self.dirty_total.fetch_add(data.len(), Ordering::Relaxed) + data.len();
-        if f.dirty >= self.opts.chunk_size
-            || f.extents.len() >= MAX_EXTENTS
-            || total > self.opts.dirty_limit
-        {
+        if f.extents.len() >= MAX_EXTENTS || total > self.opts.dirty_limit {
+            let mut f = wait_idle(&s, f);
             self.commit(ino, &mut f)?;
+        } else if f.dirty >= self.opts.chunk_size {
+            // A full chunk: store it in the background while the writer
+            // fills the next one (at most one in flight per file).
+            let f = wait_idle(&s, f);
+            self.commit_in_background(ino, &s, f);
         }
         Ok(data.len())
+    }
+
+    /// Hands the buffered writes to a thread that stores and commits them;
+    /// readers keep seeing them (as `inflight`) until they are slices.
+    fn commit_in_background(
+        &self,
+        ino: u64,
+        slot: &Arc<FileSlot>,
+        mut f: MutexGuard<'_, FileState>,
+    ) {
+        let batch = Arc::new(std::mem::take(&mut f.extents));
+        let end = std::mem::take(&mut f.end);
+        self.dirty_total
+            .fetch_sub(std::mem::take(&mut f.dirty), Ordering::Relaxed);
+        let ctx = f.writer.clone().unwrap_or_else(|| Ctx::root(Time::now()));
+        f.inflight = Some(batch.clone());
+        f.inflight_end = end;
+        drop(f);
+        let (me, slot2, batch2, ctx2) = (self.me.clone(), slot.clone(), batch.clone(), ctx.clone());
+        let spawned = std::thread::Builder::new()
+            .name("store-commit".into())
+            .spawn(move || {
+                let r = match me.upgrade() {
+                    Some(c) => c.store_extents(ino, &batch2, end, ctx2),
+                    None => Err(Errno::EIO),
+                };
+                finish_inflight(&slot2, r);
+            });
+        if spawned.is_err() {
+            let r = self.store_extents(ino, &batch, end, ctx);
+            finish_inflight(slot, r);
+        }
     }
 
     /// Stores the buffered writes of `f` as chunks, then commits them as
@@ -474,7 +541,7 @@ impl Client {
         let Some(s) = self.existing(ino) else {
             return self.meta.sync();
         };
-        let mut f = lock(&s);
+        let mut f = wait_idle(&s, lock(&s.state));
         let r = self.commit(ino, &mut f);
         if let Some(e) = f.error.take() {
             return Err(e);
@@ -492,13 +559,16 @@ impl Client {
             return r;
         };
         let (last, orphan) = {
-            let mut f = lock(&s);
+            let mut f = lock(&s.state);
             f.opens = f.opens.saturating_sub(1);
-            (f.opens == 0 && f.extents.is_empty(), f.orphan)
+            (
+                f.opens == 0 && f.extents.is_empty() && f.inflight.is_none(),
+                f.orphan,
+            )
         };
         if last {
             let mut files = lock(&self.files);
-            if files.get(&ino).is_some_and(|s| lock(s).opens == 0) {
+            if files.get(&ino).is_some_and(|s| lock(&s.state).opens == 0) {
                 files.remove(&ino);
             }
         }
@@ -514,12 +584,12 @@ impl Client {
 
     /// Commits every buffered write (at unmount).
     pub fn flush_all(&self) {
-        let all: Vec<(u64, Arc<Mutex<FileState>>)> = lock(&self.files)
+        let all: Vec<(u64, Arc<FileSlot>)> = lock(&self.files)
             .iter()
             .map(|(k, v)| (*k, v.clone()))
             .collect();
         for (ino, s) in all {
-            let mut f = lock(&s);
+            let mut f = wait_idle(&s, lock(&s.state));
             if let Err(e) = self.commit(ino, &mut f) {
                 tracing::error!(ino, error = %e, "committing buffered writes at unmount failed");
             }
@@ -563,7 +633,7 @@ impl Client {
         // atomically for readers, so a read never misses data that a
         // finished write() put in either place.
         let state = self.existing(ino);
-        let guard = state.as_ref().map(|s| lock(s));
+        let guard = state.as_ref().map(|s| lock(&s.state));
         let inode = self.meta.inode(ino)?;
         match inode.kind {
             FileKind::Regular => {}
@@ -573,8 +643,10 @@ impl Client {
         let mut overlay: Vec<(u64, Vec<u8>)> = Vec::new();
         let mut file_size = inode.size;
         if let Some(f) = &guard {
-            file_size = file_size.max(f.end);
-            for (o, d) in &f.extents {
+            file_size = file_size.max(f.end).max(f.inflight_end);
+            // In-flight writes first: the buffer is newer.
+            let inflight = f.inflight.iter().flat_map(|b| b.iter());
+            for (o, d) in inflight.chain(f.extents.iter()) {
                 let (a, b) = ((*o).max(off), (*o + d.len() as u64).min(want_end));
                 if a < b {
                     overlay.push((a, d[(a - o) as usize..(b - o) as usize].to_vec()));
@@ -690,6 +762,19 @@ impl Client {
     }
 }
 
+/// Ends a background commit: clears `inflight`, records a failure for the
+/// next flush, wakes waiters.
+fn finish_inflight(slot: &FileSlot, r: Result<(), Errno>) {
+    let mut f = lock(&slot.state);
+    f.inflight = None;
+    f.inflight_end = 0;
+    if let Err(e) = r {
+        f.error = Some(e);
+    }
+    drop(f);
+    slot.done.notify_all();
+}
+
 fn prefetcher(rx: &Mutex<Receiver<ChunkId>>, chunks: &dyn ChunkIo, cache: &ChunkCache) {
     loop {
         let next = lock(rx).recv();
@@ -708,7 +793,7 @@ mod tests {
     use super::*;
     use crate::fs::{LocalChunks, LocalMeta, ROOT_INO};
 
-    fn client(dir: &std::path::Path, chunk_size: usize) -> Client {
+    fn client(dir: &std::path::Path, chunk_size: usize) -> Arc<Client> {
         let meta = Arc::new(LocalMeta::open(&dir.join("meta.redb")).unwrap());
         let chunks = Arc::new(LocalChunks::open(&dir.join("chunks")).unwrap());
         Client::new(
