@@ -48,6 +48,9 @@ impl Meta for OtherNode {
     fn orphans(&self) -> Result<Vec<u64>, Errno> {
         self.inner.orphans()
     }
+    fn inline_chunk(&self, id: &store::placement::ChunkId) -> Result<Option<bytes::Bytes>, Errno> {
+        self.inner.inline_chunk(id)
+    }
     fn subscribe(&self) -> Option<Receiver<Change>> {
         self.rx.lock().ok()?.take()
     }
@@ -85,7 +88,7 @@ fn other_clients_changes_invalidate_cached_attributes_and_names() {
         rx: Mutex::new(Some(rx)),
     });
     let chunks = Arc::new(LocalChunks::open(&dir.path().join("chunks")).unwrap());
-    let client = Arc::new(Client::new(meta.clone(), chunks, ClientOptions::default()));
+    let client = Client::new(meta.clone(), chunks, ClientOptions::default());
     let fs = StoreFs::new(
         client,
         Arc::new(LocalLocks::new()),

@@ -18,7 +18,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const STORE: &str = env!("CARGO_BIN_EXE_store");
+/// The `store` binary under test; `STORE_TEST_BIN` overrides it (useful when
+/// a shared target directory may be rebuilt from another tree meanwhile).
+fn store_bin() -> PathBuf {
+    std::env::var_os("STORE_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_store")))
+}
 /// Budget of one test; the watchdog kills the mount after it.
 const BUDGET: Duration = Duration::from_secs(55);
 
@@ -86,7 +92,7 @@ impl Mount {
     /// Starts (or restarts) the mount process and waits until it serves.
     fn spawn(&mut self) {
         let log = File::create(self.dir.path().join("mount.log")).expect("log file");
-        let child = Command::new(STORE)
+        let child = Command::new(store_bin())
             .arg("mount")
             .arg(self.mnt())
             .arg("--backend")
@@ -667,7 +673,7 @@ posix_test!(large_file_over_many_chunks, |r| {
     assert!(got[..(4 << 20) - 10] == data[..(4 << 20) - 10]);
     assert!(got[(4 << 20) + 10..] == data[(4 << 20) + 10..]);
     if r.is_store() {
-        let o = Command::new(STORE)
+        let o = Command::new(store_bin())
             .args(["fs", "stat"])
             .arg(&p)
             .output()
@@ -756,6 +762,40 @@ posix_test!(git_init_commit_fsck, |r| {
     git(&["fsck", "--full", "--strict"]);
     assert_eq!(git(&["log", "--oneline"]).lines().count(), 2);
     assert!(git(&["status", "--porcelain"]).is_empty());
+    // Clone this project's own repository (pack transfer, not hard links).
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dst = r.path().join("clone");
+    let o = Command::new("git")
+        .args(["clone", "-q", "--no-hardlinks"])
+        .arg(format!("file://{}", src.canonicalize().unwrap().display()))
+        .arg(&dst)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "git clone: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = Command::new("git")
+        .args(["fsck", "--full"])
+        .current_dir(&dst)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "git fsck: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = Command::new("git")
+        .args(["status", "--porcelain"])
+        .current_dir(&dst)
+        .output()
+        .unwrap();
+    assert!(
+        o.stdout.is_empty(),
+        "clone checkout differs: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
 });
 
 fn walk(dir: &Path, base: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
@@ -918,6 +958,107 @@ posix_test!(locks_exclude_other_processes, |r| {
     assert_eq!(out.trim(), "granted");
 });
 
+posix_test!(mmap_fifo_and_append, |r| {
+    let root = r.path();
+    // Shared writable mmap: stores reach the file.
+    let p = root.join("mapped");
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&p)
+        .unwrap();
+    f.set_len(8192).unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+    // SAFETY: mapping 8192 bytes of a file we just sized; unmapped below.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            8192,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        )
+    };
+    assert_ne!(
+        addr,
+        libc::MAP_FAILED,
+        "{}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: addr points at 8192 mapped bytes.
+    unsafe {
+        std::ptr::copy_nonoverlapping(b"mapped!".as_ptr(), (addr as *mut u8).add(4096), 7);
+        assert_eq!(libc::msync(addr, 8192, libc::MS_SYNC), 0);
+        libc::munmap(addr, 8192);
+    }
+    drop(f);
+    let got = fs::read(&p).unwrap();
+    assert_eq!(&got[4096..4103], b"mapped!");
+    assert!(got[..4096].iter().all(|b| *b == 0));
+    // A FIFO is a FIFO.
+    let fifo = cstr(&root.join("fifo"));
+    // SAFETY: valid path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(
+        &fs::metadata(root.join("fifo")).unwrap().file_type()
+    ));
+    // Two O_APPEND descriptors interleave without overwriting.
+    let a = root.join("appended");
+    let mut x = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&a)
+        .unwrap();
+    let mut y = OpenOptions::new().append(true).open(&a).unwrap();
+    for _ in 0..50 {
+        x.write_all(b"xx").unwrap();
+        y.write_all(b"y").unwrap();
+    }
+    drop((x, y));
+    let got = fs::read(&a).unwrap();
+    assert_eq!(got.len(), 150);
+    assert_eq!(got.iter().filter(|b| **b == b'y').count(), 50);
+});
+
+posix_test!(supplementary_groups_grant_access, |r| {
+    let d = r.path().join("team");
+    fs::create_dir(&d).unwrap();
+    std::os::unix::fs::chown(&d, Some(0), Some(50)).unwrap();
+    fs::set_permissions(&d, fs::Permissions::from_mode(0o770)).unwrap();
+    let run = |groups: &str| {
+        Command::new("setpriv")
+            .args([
+                "--reuid=1000",
+                "--regid=1000",
+                &format!("--groups={groups}"),
+            ])
+            .args([
+                "sh",
+                "-c",
+                &format!(
+                    "echo hi > {}/f-{groups} && mkdir {}/d-{groups}",
+                    d.display(),
+                    d.display()
+                ),
+            ])
+            .output()
+            .unwrap()
+    };
+    let o = run("50");
+    assert!(
+        o.status.success(),
+        "member of group 50: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = run("51");
+    assert!(!o.status.success(), "not a member, yet allowed");
+    assert_eq!(fs::read(d.join("f-50")).unwrap(), b"hi\n");
+    assert_eq!(fs::metadata(d.join("d-50")).unwrap().uid(), 1000);
+});
+
 // ---- bad input ----------------------------------------------------------
 
 posix_test!(bad_names_and_removed_directories, |r| {
@@ -1035,7 +1176,7 @@ fn sigterm_unmounts_cleanly_and_data_persists() {
     m.spawn();
     assert_eq!(fs::read(mnt.join("keep")).unwrap(), b"persisted");
     // A second mount on the same point is refused with a clear message.
-    let o = Command::new(STORE)
+    let o = Command::new(store_bin())
         .arg("mount")
         .arg(&mnt)
         .arg("--backend")
@@ -1077,7 +1218,7 @@ fn fstab_helper_mounts_in_the_background() {
         .arg(format!("local:{}", dir.path().join("be").display()))
         .arg(&mnt)
         .args(["-o", "rw,_netdev,threads=2,cache_mb=16"])
-        .env("STORE_BIN", STORE)
+        .env("STORE_BIN", store_bin())
         .env("STORE_MOUNT_LOG", dir.path().join("log"))
         .output()
         .unwrap();
@@ -1101,7 +1242,7 @@ fn fstab_helper_mounts_in_the_background() {
     let o = Command::new(&helper)
         .arg("nfs:/x")
         .arg(&mnt)
-        .env("STORE_BIN", STORE)
+        .env("STORE_BIN", store_bin())
         .env("STORE_MOUNT_LOG", dir.path().join("log2"))
         .output()
         .unwrap();

@@ -9,6 +9,7 @@ use super::{
     Ctx, Dentry, Errno, FileKind, FsOp, FsReply, FsStore, Inode, RenameMode, SetAttr, SetTime,
     StoreError, Time, XattrMode, ROOT_INO,
 };
+use crate::placement::ChunkId;
 
 /// Longest name of a directory entry, in bytes.
 pub const MAX_NAME: usize = 255;
@@ -18,6 +19,8 @@ pub const MAX_XATTR_NAME: usize = 255;
 pub const MAX_XATTR_VALUE: usize = 64 * 1024;
 /// Longest symlink target, in bytes.
 pub const MAX_SYMLINK: usize = 4095;
+/// Most bytes of inline chunks one `AppendSlices` may carry.
+pub const MAX_INLINE: usize = 64 * 1024;
 /// Largest file size (8 EiB would overflow offsets in places; 2^50 is
 /// plenty and leaves headroom).
 pub const MAX_FILE_SIZE: u64 = 1 << 50;
@@ -324,6 +327,20 @@ impl<S: FsStore> Tx<'_, S> {
         .into())
     }
 
+    /// Deletes the inline ones among chunks no longer referenced; returns
+    /// the rest (for the caller to delete from the chunk store).
+    fn release(&mut self, ids: Vec<ChunkId>) -> R<Vec<ChunkId>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if self.store.inline_chunk(&id)?.is_some() {
+                self.store.delete_inline(&id)?;
+            } else {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
     /// Drops one link of a non-directory; orphans it at zero.
     fn drop_link(&mut self, mut victim: Inode, now: Time, reply: &mut FsReply) -> R<()> {
         victim.nlink = victim.nlink.saturating_sub(1);
@@ -488,7 +505,12 @@ impl<S: FsStore> Tx<'_, S> {
                     ..FsReply::default()
                 })
             }
-            FsOp::AppendSlices { ino, slices, size } => {
+            FsOp::AppendSlices {
+                ino,
+                slices,
+                size,
+                inline,
+            } => {
                 let mut i = self.get(ino)?;
                 match i.kind {
                     FileKind::Regular => {}
@@ -496,14 +518,31 @@ impl<S: FsStore> Tx<'_, S> {
                     _ => return Err(Errno::EINVAL.into()),
                 }
                 let end = slices.iter().map(Slice::end).max().unwrap_or(0).max(size);
-                if end > MAX_FILE_SIZE || slices.iter().any(|s| s.len == 0) {
+                if end > MAX_FILE_SIZE {
                     return Err(Errno::EFBIG.into());
+                }
+                if slices.iter().any(|s| s.len == 0)
+                    || inline.iter().map(|(_, d)| d.len()).sum::<usize>() > MAX_INLINE
+                {
+                    return Err(Errno::EINVAL.into());
+                }
+                // Slices into inline chunks must stay inside their bytes.
+                for s in &slices {
+                    if let Some((_, d)) = inline.iter().find(|(id, _)| *id == s.chunk) {
+                        if s.chunk_off.saturating_add(s.len) > d.len() as u64 {
+                            return Err(Errno::EINVAL.into());
+                        }
+                    }
+                }
+                for (id, d) in &inline {
+                    self.store.put_inline(id, d)?;
                 }
                 let old = self.store.slices(ino)?;
                 let mut all = old.clone();
                 all.extend_from_slice(&slices);
                 let kept = slices::prune_shadowed(&all);
                 let freed = slices::unreferenced(&all, &kept);
+                let freed = self.release(freed)?;
                 self.store.put_slices(ino, &kept)?;
                 i.size = i.size.max(end);
                 i.mtime = now;
@@ -524,6 +563,7 @@ impl<S: FsStore> Tx<'_, S> {
                     return Err(Errno::EAGAIN.into());
                 }
                 let freed = slices::unreferenced(&expect, &new);
+                let freed = self.release(freed)?;
                 self.store.put_slices(ino, &new)?;
                 Ok(FsReply {
                     inode: Some(i),
@@ -539,7 +579,8 @@ impl<S: FsStore> Tx<'_, S> {
                 if i.nlink > 0 || i.is_dir() {
                     return Ok(reply);
                 }
-                reply.freed = slices::unreferenced(&self.store.slices(ino)?, &[]);
+                let freed = slices::unreferenced(&self.store.slices(ino)?, &[]);
+                reply.freed = self.release(freed)?;
                 self.store.set_orphan(ino, false)?;
                 self.remove(ino);
                 Ok(reply)
@@ -749,7 +790,7 @@ impl<S: FsStore> Tx<'_, S> {
             if size < i.size {
                 let old = self.store.slices(ino)?;
                 let kept = slices::truncate(&old, size);
-                reply.freed = slices::unreferenced(&old, &kept);
+                reply.freed = self.release(slices::unreferenced(&old, &kept))?;
                 self.store.put_slices(ino, &kept)?;
             }
             i.size = size;

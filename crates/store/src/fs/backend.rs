@@ -39,6 +39,9 @@ pub trait Meta: Send + Sync + 'static {
     fn slices(&self, ino: u64) -> Result<Vec<Slice>, Errno>;
     /// Inodes with no name left that may still be open.
     fn orphans(&self) -> Result<Vec<u64>, Errno>;
+    /// The bytes of inline chunk `id` (small chunks committed inside
+    /// `AppendSlices` and kept in the namespace), `None` if it is not one.
+    fn inline_chunk(&self, id: &ChunkId) -> Result<Option<Bytes>, Errno>;
     /// Makes every change submitted so far durable. Backends whose
     /// `submit` is always durable (the cluster: Raft commit) do nothing.
     fn sync(&self) -> Result<(), Errno> {
@@ -187,6 +190,14 @@ impl Meta for LocalMeta {
         self.view()?
             .orphans()
             .map_err(|e| self.eio("listing orphans", e))
+    }
+
+    fn inline_chunk(&self, id: &ChunkId) -> Result<Option<Bytes>, Errno> {
+        Ok(self
+            .view()?
+            .inline_chunk(id)
+            .map_err(|e| self.eio("reading an inline chunk", e))?
+            .map(Bytes::from))
     }
 
     fn sync(&self) -> Result<(), Errno> {

@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::{Dentry, FsRead, FsStore, Inode, Slice, StoreError};
+use crate::placement::ChunkId;
 
 /// The whole namespace in ordinary collections. Never fails.
 #[derive(Debug, Clone, Default)]
@@ -11,6 +12,7 @@ pub struct MemStore {
     dentries: BTreeMap<(u64, Vec<u8>), Dentry>,
     slices: HashMap<u64, Vec<Slice>>,
     orphans: BTreeSet<u64>,
+    inline: HashMap<ChunkId, Vec<u8>>,
     last_ino: u64,
 }
 
@@ -26,6 +28,11 @@ impl MemStore {
     /// Number of inodes (for leak checks in tests).
     pub fn inode_count(&self) -> usize {
         self.inodes.len()
+    }
+
+    /// Number of inline chunks (for leak checks in tests).
+    pub fn inline_count(&self) -> usize {
+        self.inline.len()
     }
 }
 
@@ -64,6 +71,10 @@ impl FsRead for MemStore {
 
     fn orphans(&self) -> Result<Vec<u64>, StoreError> {
         Ok(self.orphans.iter().copied().collect())
+    }
+
+    fn inline_chunk(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.inline.get(id).cloned())
     }
 }
 
@@ -110,5 +121,15 @@ impl FsStore for MemStore {
     fn next_ino(&mut self) -> Result<u64, StoreError> {
         self.last_ino += 1;
         Ok(self.last_ino)
+    }
+
+    fn put_inline(&mut self, id: &ChunkId, data: &[u8]) -> Result<(), StoreError> {
+        self.inline.insert(*id, data.to_vec());
+        Ok(())
+    }
+
+    fn delete_inline(&mut self, id: &ChunkId) -> Result<(), StoreError> {
+        self.inline.remove(id);
+        Ok(())
     }
 }

@@ -28,7 +28,7 @@ mod types;
 mod tests;
 
 pub use apply::{
-    apply, check_access, check_xattr, init_root, ApplyError, MAX_FILE_SIZE, MAX_NAME,
+    apply, check_access, check_xattr, init_root, ApplyError, MAX_FILE_SIZE, MAX_INLINE, MAX_NAME,
     MAX_XATTR_NAME, MAX_XATTR_VALUE,
 };
 pub use backend::{Change, ChunkIo, LocalChunks, LocalMeta, Meta};
@@ -36,6 +36,8 @@ pub use mem::MemStore;
 pub use redb_store::{RedbFs, StoreError};
 pub use slices::{resolve, Piece, Slice};
 pub use types::*;
+
+use crate::placement::ChunkId;
 
 /// Inode number of the root directory (the same as FUSE's root).
 pub const ROOT_INO: u64 = 1;
@@ -58,6 +60,8 @@ pub trait FsRead {
     fn slices(&self, ino: u64) -> Result<Vec<Slice>, StoreError>;
     /// Inodes whose last name is gone but which may still be open somewhere.
     fn orphans(&self) -> Result<Vec<u64>, StoreError>;
+    /// The bytes of an inline chunk (one kept in the metadata), if `id` is one.
+    fn inline_chunk(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, StoreError>;
 }
 
 /// Read and write access: what [`apply`] needs. Implementations are
@@ -78,4 +82,8 @@ pub trait FsStore: FsRead {
     fn set_orphan(&mut self, ino: u64, orphan: bool) -> Result<(), StoreError>;
     /// Allocates the next inode number (never reused).
     fn next_ino(&mut self) -> Result<u64, StoreError>;
+    /// Stores an inline chunk.
+    fn put_inline(&mut self, id: &ChunkId, data: &[u8]) -> Result<(), StoreError>;
+    /// Removes an inline chunk (no error when absent).
+    fn delete_inline(&mut self, id: &ChunkId) -> Result<(), StoreError>;
 }

@@ -5,7 +5,8 @@
 //! Tables: `inodes` (ino → JSON inode), `dentries` (parent as 8 big-endian
 //! bytes ++ name bytes → ino + kind, so one directory is one key range in
 //! name order), `slices` (ino → 40-byte records), `orphans` (ino → ()),
-//! `meta` (counters).
+//! `meta` (counters), `inline_chunks` (chunk id → bytes of small chunks
+//! kept in the metadata).
 
 use std::ops::Bound;
 use std::path::Path;
@@ -15,12 +16,14 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use super::apply::{self, ApplyError};
 use super::slices::{self, Slice};
 use super::{Ctx, Dentry, FileKind, FsOp, FsRead, FsReply, FsStore, Inode, Time};
+use crate::placement::ChunkId;
 
 const INODES: TableDefinition<u64, &[u8]> = TableDefinition::new("inodes");
 const DENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dentries");
 const SLICES: TableDefinition<u64, &[u8]> = TableDefinition::new("slices");
 const ORPHANS: TableDefinition<u64, ()> = TableDefinition::new("orphans");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const INLINE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("inline_chunks");
 
 /// A failure of the metadata store itself (not of the operation).
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +111,7 @@ impl RedbFs {
             dentries: txn.open_table(DENTRIES).map_err(db)?,
             slices: txn.open_table(SLICES).map_err(db)?,
             orphans: txn.open_table(ORPHANS).map_err(db)?,
+            inline: txn.open_table(INLINE).map_err(db)?,
         })
     }
 }
@@ -227,6 +231,13 @@ fn get_slices(
     }
 }
 
+fn get_inline(
+    t: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    id: &ChunkId,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    Ok(t.get(&id.0[..]).map_err(db)?.map(|v| v.value().to_vec()))
+}
+
 fn get_orphans(t: &impl ReadableTable<u64, ()>) -> Result<Vec<u64>, StoreError> {
     let mut out = Vec::new();
     for item in t.iter().map_err(db)? {
@@ -241,6 +252,7 @@ pub struct ReadView {
     dentries: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
     slices: redb::ReadOnlyTable<u64, &'static [u8]>,
     orphans: redb::ReadOnlyTable<u64, ()>,
+    inline: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
 }
 
 impl FsRead for ReadView {
@@ -264,6 +276,9 @@ impl FsRead for ReadView {
     fn orphans(&self) -> Result<Vec<u64>, StoreError> {
         get_orphans(&self.orphans)
     }
+    fn inline_chunk(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, StoreError> {
+        get_inline(&self.inline, id)
+    }
 }
 
 /// The tables of one write transaction.
@@ -273,6 +288,7 @@ struct WriteView<'t> {
     slices: redb::Table<'t, u64, &'static [u8]>,
     orphans: redb::Table<'t, u64, ()>,
     meta: redb::Table<'t, &'static str, u64>,
+    inline: redb::Table<'t, &'static [u8], &'static [u8]>,
 }
 
 impl<'t> WriteView<'t> {
@@ -283,6 +299,7 @@ impl<'t> WriteView<'t> {
             slices: txn.open_table(SLICES).map_err(db)?,
             orphans: txn.open_table(ORPHANS).map_err(db)?,
             meta: txn.open_table(META).map_err(db)?,
+            inline: txn.open_table(INLINE).map_err(db)?,
         })
     }
 }
@@ -307,6 +324,9 @@ impl FsRead for WriteView<'_> {
     }
     fn orphans(&self) -> Result<Vec<u64>, StoreError> {
         get_orphans(&self.orphans)
+    }
+    fn inline_chunk(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, StoreError> {
+        get_inline(&self.inline, id)
     }
 }
 
@@ -348,6 +368,14 @@ impl FsStore for WriteView<'_> {
         } else {
             self.orphans.remove(ino).map_err(db)?;
         }
+        Ok(())
+    }
+    fn put_inline(&mut self, id: &ChunkId, data: &[u8]) -> Result<(), StoreError> {
+        self.inline.insert(&id.0[..], data).map_err(db)?;
+        Ok(())
+    }
+    fn delete_inline(&mut self, id: &ChunkId) -> Result<(), StoreError> {
+        self.inline.remove(&id.0[..]).map_err(db)?;
         Ok(())
     }
     fn next_ino(&mut self) -> Result<u64, StoreError> {

@@ -533,6 +533,7 @@ fn setgid_directories_and_suid_clearing() {
                 chunk_off: 0,
             }],
             size: 1,
+            inline: vec![],
         },
         &alice,
     );
@@ -612,6 +613,7 @@ fn writes_truncates_and_purges_free_chunks() {
         ino: f.ino,
         slices,
         size,
+        inline: vec![],
     };
     let r = ok(
         &mut s,
@@ -676,10 +678,88 @@ fn writes_truncates_and_purges_free_chunks() {
             ino: ROOT_INO,
             slices: vec![],
             size: 1,
+            inline: vec![],
         },
         &root(),
     );
     assert_eq!(e, Errno::EISDIR);
+}
+
+#[test]
+fn inline_chunks_live_and_die_with_their_slices() {
+    let mut s = fresh();
+    let f = create(&mut s, ROOT_INO, "f", 0o644, &root());
+    let sl = |off, len, c, co| Slice {
+        off,
+        len,
+        chunk: chunk(c),
+        chunk_off: co,
+    };
+    let r = ok(
+        &mut s,
+        FsOp::AppendSlices {
+            ino: f.ino,
+            slices: vec![sl(0, 5, 1, 0), sl(5, 3, 1, 5)],
+            size: 8,
+            inline: vec![(chunk(1), b"hello wo".to_vec())],
+        },
+        &root(),
+    );
+    assert!(r.freed.is_empty());
+    assert_eq!(s.inline_chunk(&chunk(1)).unwrap().unwrap(), b"hello wo");
+    // A slice past the inline bytes, or too much inline data: refused.
+    let bad = FsOp::AppendSlices {
+        ino: f.ino,
+        slices: vec![sl(0, 9, 2, 0)],
+        size: 9,
+        inline: vec![(chunk(2), b"short".to_vec())],
+    };
+    assert_eq!(err(&mut s, bad, &root()), Errno::EINVAL);
+    let big = FsOp::AppendSlices {
+        ino: f.ino,
+        slices: vec![],
+        size: 0,
+        inline: vec![(chunk(3), vec![0; MAX_INLINE + 1])],
+    };
+    assert_eq!(err(&mut s, big, &root()), Errno::EINVAL);
+    assert_eq!(s.inline_count(), 1, "refused ops store nothing");
+    // Overwritten: the inline chunk goes away and is not reported as a
+    // chunk-store chunk to delete.
+    let r = ok(
+        &mut s,
+        FsOp::AppendSlices {
+            ino: f.ino,
+            slices: vec![sl(0, 8, 4, 0)],
+            size: 8,
+            inline: vec![],
+        },
+        &root(),
+    );
+    assert!(r.freed.is_empty());
+    assert_eq!(s.inline_count(), 0);
+    // Purge of a file with inline data leaves nothing behind.
+    let g = create(&mut s, ROOT_INO, "g", 0o644, &root());
+    ok(
+        &mut s,
+        FsOp::AppendSlices {
+            ino: g.ino,
+            slices: vec![sl(0, 2, 5, 0)],
+            size: 2,
+            inline: vec![(chunk(5), b"hi".to_vec())],
+        },
+        &root(),
+    );
+    ok(
+        &mut s,
+        FsOp::Unlink {
+            parent: ROOT_INO,
+            name: b"g".to_vec(),
+        },
+        &root(),
+    );
+    let r = ok(&mut s, FsOp::Purge { ino: g.ino }, &root());
+    assert!(r.freed.is_empty());
+    assert_eq!(s.inline_count(), 0);
 }
 
 #[test]

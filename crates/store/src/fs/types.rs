@@ -343,11 +343,16 @@ pub enum FsOp {
     RemoveXattr { ino: u64, name: Vec<u8> },
     /// Commits written data: appends `slices` (newest last) to the file,
     /// raises its size to at least `size`, sets mtime/ctime to now and
-    /// clears set-uid/set-gid as a write by a non-owner must.
+    /// clears set-uid/set-gid as a write by a non-owner must. `inline`
+    /// carries the bytes of small chunks that live in the metadata itself
+    /// instead of the chunk store (at most [`super::MAX_INLINE`] bytes in
+    /// total): a small file costs one metadata commit and no chunk write.
     AppendSlices {
         ino: u64,
         slices: Vec<Slice>,
         size: u64,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        inline: Vec<(ChunkId, Vec<u8>)>,
     },
     /// Replaces the slice list of `ino` by `new` if it is still `expect`
     /// (compaction: same content, fewer slices). EAGAIN when the file

@@ -36,6 +36,9 @@ pub struct ClientOptions {
     pub dirty_limit: usize,
     /// Threads fetching the next chunk ahead of sequential readers.
     pub prefetch_threads: usize,
+    /// Commits of at most this many bytes keep their data in the metadata
+    /// (inline chunks) instead of the chunk store (≤ [`crate::fs::MAX_INLINE`]).
+    pub inline_max: usize,
 }
 
 impl Default for ClientOptions {
@@ -45,13 +48,33 @@ impl Default for ClientOptions {
             cache_bytes: 256 << 20,
             dirty_limit: 256 << 20,
             prefetch_threads: 2,
+            inline_max: 32 * 1024,
         }
     }
+}
+
+/// First bytes of the ids of inline chunks (the rest is random). A chunk
+/// store id may start the same way by chance: reads then look in the
+/// metadata first and fall back to the chunk store.
+const INLINE_PREFIX: [u8; 4] = *b"inl\0";
+
+fn inline_id() -> ChunkId {
+    let mut id: [u8; 16] = rand::random();
+    id[..4].copy_from_slice(&INLINE_PREFIX);
+    ChunkId(id)
+}
+
+/// Whether `id` may be an inline chunk.
+pub fn maybe_inline(id: &ChunkId) -> bool {
+    id.0[..4] == INLINE_PREFIX
 }
 
 /// Most write extents buffered for one file before a commit (bounds the
 /// slice count of a commit under small random writes).
 const MAX_EXTENTS: usize = 1024;
+
+/// Buffered writes: (file offset, bytes), in write order.
+type Extents = Vec<(u64, Vec<u8>)>;
 
 /// Per-inode state while open on this node.
 #[derive(Debug, Default)]
@@ -68,6 +91,30 @@ struct FileState {
     error: Option<Errno>,
     /// Who wrote last (the commit is made as them).
     writer: Option<Ctx>,
+    /// A full chunk being committed in the background (older than
+    /// `extents`); readers see it until its slices are committed.
+    inflight: Option<Arc<Extents>>,
+    /// End of the in-flight writes (0 when none).
+    inflight_end: u64,
+}
+
+/// A file's state and the signal that its background commit finished.
+#[derive(Debug, Default)]
+struct FileSlot {
+    state: Mutex<FileState>,
+    done: std::sync::Condvar,
+}
+
+/// Waits until `f` has no background commit running (commits stay in
+/// write order) and returns the guard.
+fn wait_idle<'a>(
+    slot: &'a FileSlot,
+    mut f: MutexGuard<'a, FileState>,
+) -> MutexGuard<'a, FileState> {
+    while f.inflight.is_some() {
+        f = slot.done.wait(f).unwrap_or_else(|p| p.into_inner());
+    }
+    f
 }
 
 /// The client: metadata + chunks + caches.
@@ -75,7 +122,9 @@ pub struct Client {
     meta: Arc<dyn Meta>,
     chunks: Arc<dyn ChunkIo>,
     cache: Arc<ChunkCache>,
-    files: Mutex<HashMap<u64, Arc<Mutex<FileState>>>>,
+    files: Mutex<HashMap<u64, Arc<FileSlot>>>,
+    /// This client, for background commit threads.
+    me: std::sync::Weak<Client>,
     dirty_total: AtomicUsize,
     opts: ClientOptions,
     prefetch: Option<SyncSender<ChunkId>>,
@@ -124,8 +173,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Client {
     /// A client over `meta` and `chunks`.
-    pub fn new(meta: Arc<dyn Meta>, chunks: Arc<dyn ChunkIo>, mut opts: ClientOptions) -> Self {
+    pub fn new(
+        meta: Arc<dyn Meta>,
+        chunks: Arc<dyn ChunkIo>,
+        mut opts: ClientOptions,
+    ) -> Arc<Self> {
         opts.chunk_size = opts.chunk_size.clamp(4096, MAX_CHUNK);
+        opts.inline_max = opts.inline_max.min(crate::fs::MAX_INLINE);
         let cache = Arc::new(ChunkCache::new(opts.cache_bytes));
         let prefetch = (opts.prefetch_threads > 0).then(|| {
             let (tx, rx) = sync_channel::<ChunkId>(32);
@@ -165,7 +219,8 @@ impl Client {
                 }
             }
         };
-        Client {
+        Arc::new_cyclic(|me| Client {
+            me: me.clone(),
             meta,
             chunks,
             cache,
@@ -176,7 +231,7 @@ impl Client {
             freeq,
             stop,
             syncer,
-        }
+        })
     }
 
     /// The metadata backend.
@@ -189,11 +244,11 @@ impl Client {
         &*self.chunks
     }
 
-    fn state(&self, ino: u64) -> Arc<Mutex<FileState>> {
+    fn state(&self, ino: u64) -> Arc<FileSlot> {
         lock(&self.files).entry(ino).or_default().clone()
     }
 
-    fn existing(&self, ino: u64) -> Option<Arc<Mutex<FileState>>> {
+    fn existing(&self, ino: u64) -> Option<Arc<FileSlot>> {
         lock(&self.files).get(&ino).cloned()
     }
 
@@ -208,7 +263,7 @@ impl Client {
     fn after(&self, reply: &FsReply) {
         for &ino in &reply.orphaned {
             let open = self.existing(ino).map(|s| {
-                let mut f = lock(&s);
+                let mut f = lock(&s.state);
                 f.orphan = true;
                 f.opens > 0
             });
@@ -268,23 +323,28 @@ impl Client {
 
     /// The inode with buffered writes accounted for (size).
     pub fn getattr(&self, ino: u64) -> Result<Inode, Errno> {
-        Ok(self.with_buffered(self.meta.inode(ino)?))
+        let Some(s) = self.existing(ino) else {
+            return self.meta.inode(ino);
+        };
+        // Under the lock, so a concurrent commit is seen whole or not at all.
+        let f = lock(&s.state);
+        let mut i = self.meta.inode(ino)?;
+        i.size = i.size.max(f.end).max(f.inflight_end);
+        Ok(i)
     }
 
     /// `i` with the size grown by writes buffered here.
     pub fn with_buffered(&self, mut i: Inode) -> Inode {
         if let Some(s) = self.existing(i.ino) {
-            let f = lock(&s);
-            if f.end > i.size {
-                i.size = f.end;
-            }
+            let f = lock(&s.state);
+            i.size = i.size.max(f.end).max(f.inflight_end);
         }
         i
     }
 
     /// Registers an open handle of `ino`.
     pub fn open(&self, ino: u64) {
-        lock(&self.state(ino)).opens += 1;
+        lock(&self.state(ino).state).opens += 1;
     }
 
     /// Buffers a write; commits when a chunk is full or memory is tight.
@@ -294,7 +354,7 @@ impl Client {
             .filter(|e| *e <= MAX_FILE_SIZE)
             .ok_or(Errno::EFBIG)?;
         let s = self.state(ino);
-        let mut f = lock(&s);
+        let mut f = lock(&s.state);
         if let Some(e) = f.error {
             return Err(e);
         }
@@ -306,13 +366,48 @@ impl Client {
         f.end = f.end.max(end);
         f.writer = Some(ctx.clone());
         let total = self.dirty_total.fetch_add(data.len(), Ordering::Relaxed) + data.len();
-        if f.dirty >= self.opts.chunk_size
-            || f.extents.len() >= MAX_EXTENTS
-            || total > self.opts.dirty_limit
-        {
+        if f.extents.len() >= MAX_EXTENTS || total > self.opts.dirty_limit {
+            let mut f = wait_idle(&s, f);
             self.commit(ino, &mut f)?;
+        } else if f.dirty >= self.opts.chunk_size {
+            // A full chunk: store it in the background while the writer
+            // fills the next one (at most one in flight per file).
+            let f = wait_idle(&s, f);
+            self.commit_in_background(ino, &s, f);
         }
         Ok(data.len())
+    }
+
+    /// Hands the buffered writes to a thread that stores and commits them;
+    /// readers keep seeing them (as `inflight`) until they are slices.
+    fn commit_in_background(
+        &self,
+        ino: u64,
+        slot: &Arc<FileSlot>,
+        mut f: MutexGuard<'_, FileState>,
+    ) {
+        let batch = Arc::new(std::mem::take(&mut f.extents));
+        let end = std::mem::take(&mut f.end);
+        self.dirty_total
+            .fetch_sub(std::mem::take(&mut f.dirty), Ordering::Relaxed);
+        let ctx = f.writer.clone().unwrap_or_else(|| Ctx::root(Time::now()));
+        f.inflight = Some(batch.clone());
+        f.inflight_end = end;
+        drop(f);
+        let (me, slot2, batch2, ctx2) = (self.me.clone(), slot.clone(), batch.clone(), ctx.clone());
+        let spawned = std::thread::Builder::new()
+            .name("store-commit".into())
+            .spawn(move || {
+                let r = match me.upgrade() {
+                    Some(c) => c.store_extents(ino, &batch2, end, ctx2),
+                    None => Err(Errno::EIO),
+                };
+                finish_inflight(&slot2, r);
+            });
+        if spawned.is_err() {
+            let r = self.store_extents(ino, &batch, end, ctx);
+            finish_inflight(slot, r);
+        }
     }
 
     /// Stores the buffered writes of `f` as chunks, then commits them as
@@ -362,7 +457,13 @@ impl Client {
                 b.extend_from_slice(piece);
             }
         }
-        let ids = self.put_all(&bufs)?;
+        let total: usize = bufs.iter().map(Vec::len).sum();
+        let inline = total <= self.opts.inline_max;
+        let ids = if inline {
+            bufs.iter().map(|_| inline_id()).collect()
+        } else {
+            self.put_all(&bufs)?
+        };
         let new_slices: Vec<Slice> = placed
             .iter()
             .map(|&(off, len, bi, boff)| Slice {
@@ -377,6 +478,11 @@ impl Client {
             ino,
             slices: new_slices,
             size: end,
+            inline: if inline {
+                ids.iter().copied().zip(bufs.iter().cloned()).collect()
+            } else {
+                Vec::new()
+            },
         };
         match self.meta.submit(op, &ctx) {
             Ok(reply) => {
@@ -388,7 +494,9 @@ impl Client {
             }
             Err(e) => {
                 // The chunks are unreferenced: drop them.
-                self.free(&ids);
+                if !inline {
+                    self.free(&ids);
+                }
                 Err(e)
             }
         }
@@ -433,7 +541,7 @@ impl Client {
         let Some(s) = self.existing(ino) else {
             return self.meta.sync();
         };
-        let mut f = lock(&s);
+        let mut f = wait_idle(&s, lock(&s.state));
         let r = self.commit(ino, &mut f);
         if let Some(e) = f.error.take() {
             return Err(e);
@@ -451,13 +559,16 @@ impl Client {
             return r;
         };
         let (last, orphan) = {
-            let mut f = lock(&s);
+            let mut f = lock(&s.state);
             f.opens = f.opens.saturating_sub(1);
-            (f.opens == 0 && f.extents.is_empty(), f.orphan)
+            (
+                f.opens == 0 && f.extents.is_empty() && f.inflight.is_none(),
+                f.orphan,
+            )
         };
         if last {
             let mut files = lock(&self.files);
-            if files.get(&ino).is_some_and(|s| lock(s).opens == 0) {
+            if files.get(&ino).is_some_and(|s| lock(&s.state).opens == 0) {
                 files.remove(&ino);
             }
         }
@@ -473,12 +584,12 @@ impl Client {
 
     /// Commits every buffered write (at unmount).
     pub fn flush_all(&self) {
-        let all: Vec<(u64, Arc<Mutex<FileState>>)> = lock(&self.files)
+        let all: Vec<(u64, Arc<FileSlot>)> = lock(&self.files)
             .iter()
             .map(|(k, v)| (*k, v.clone()))
             .collect();
         for (ino, s) in all {
-            let mut f = lock(&s);
+            let mut f = wait_idle(&s, lock(&s.state));
             if let Err(e) = self.commit(ino, &mut f) {
                 tracing::error!(ino, error = %e, "committing buffered writes at unmount failed");
             }
@@ -502,6 +613,12 @@ impl Client {
         if let Some(b) = self.cache.get(id) {
             return Ok(b);
         }
+        if maybe_inline(id) {
+            if let Some(b) = self.meta.inline_chunk(id)? {
+                self.cache.insert(*id, b.clone());
+                return Ok(b);
+            }
+        }
         let b = self.chunks.get(id)?;
         self.cache.insert(*id, b.clone());
         Ok(b)
@@ -510,6 +627,13 @@ impl Client {
     /// Reads up to `size` bytes at `off`: committed data through the slices,
     /// with this node's buffered writes on top.
     pub fn read(&self, ino: u64, off: u64, size: u32) -> Result<Vec<u8>, Errno> {
+        let want_end = off.saturating_add(u64::from(size));
+        // Metadata and buffered writes are read under the file's lock: a
+        // commit (which holds it) moves data from the buffer to the slices
+        // atomically for readers, so a read never misses data that a
+        // finished write() put in either place.
+        let state = self.existing(ino);
+        let guard = state.as_ref().map(|s| lock(&s.state));
         let inode = self.meta.inode(ino)?;
         match inode.kind {
             FileKind::Regular => {}
@@ -518,11 +642,11 @@ impl Client {
         }
         let mut overlay: Vec<(u64, Vec<u8>)> = Vec::new();
         let mut file_size = inode.size;
-        let want_end = off.saturating_add(u64::from(size));
-        if let Some(s) = self.existing(ino) {
-            let f = lock(&s);
-            file_size = file_size.max(f.end);
-            for (o, d) in &f.extents {
+        if let Some(f) = &guard {
+            file_size = file_size.max(f.end).max(f.inflight_end);
+            // In-flight writes first: the buffer is newer.
+            let inflight = f.inflight.iter().flat_map(|b| b.iter());
+            for (o, d) in inflight.chain(f.extents.iter()) {
                 let (a, b) = ((*o).max(off), (*o + d.len() as u64).min(want_end));
                 if a < b {
                     overlay.push((a, d[(a - o) as usize..(b - o) as usize].to_vec()));
@@ -533,10 +657,16 @@ impl Client {
             return Ok(Vec::new());
         }
         let len = (u64::from(size)).min(file_size - off);
-        let mut buf = vec![0u8; len as usize];
         let committed_end = (off + len).min(inode.size);
+        let slices = if committed_end > off {
+            self.meta.slices(ino)?
+        } else {
+            Vec::new()
+        };
+        drop(guard);
+        // Chunks are immutable: fetching them needs no lock.
+        let mut buf = vec![0u8; len as usize];
         if committed_end > off {
-            let slices = self.meta.slices(ino)?;
             for p in slices::resolve(&slices, off, committed_end - off) {
                 let Some((id, co)) = p.src else { continue };
                 let data = self.chunk(&id)?;
@@ -568,7 +698,7 @@ impl Client {
         let ahead = (self.opts.chunk_size as u64).min(size - at);
         for p in slices::resolve(slices, at, ahead) {
             if let Some((id, _)) = p.src {
-                if self.cache.get(&id).is_none() {
+                if !maybe_inline(&id) && self.cache.get(&id).is_none() {
                     if let Err(TrySendError::Disconnected(_)) = tx.try_send(id) {
                         return;
                     }
@@ -632,6 +762,19 @@ impl Client {
     }
 }
 
+/// Ends a background commit: clears `inflight`, records a failure for the
+/// next flush, wakes waiters.
+fn finish_inflight(slot: &FileSlot, r: Result<(), Errno>) {
+    let mut f = lock(&slot.state);
+    f.inflight = None;
+    f.inflight_end = 0;
+    if let Err(e) = r {
+        f.error = Some(e);
+    }
+    drop(f);
+    slot.done.notify_all();
+}
+
 fn prefetcher(rx: &Mutex<Receiver<ChunkId>>, chunks: &dyn ChunkIo, cache: &ChunkCache) {
     loop {
         let next = lock(rx).recv();
@@ -650,7 +793,7 @@ mod tests {
     use super::*;
     use crate::fs::{LocalChunks, LocalMeta, ROOT_INO};
 
-    fn client(dir: &std::path::Path, chunk_size: usize) -> Client {
+    fn client(dir: &std::path::Path, chunk_size: usize) -> Arc<Client> {
         let meta = Arc::new(LocalMeta::open(&dir.join("meta.redb")).unwrap());
         let chunks = Arc::new(LocalChunks::open(&dir.join("chunks")).unwrap());
         Client::new(
@@ -658,6 +801,7 @@ mod tests {
             chunks,
             ClientOptions {
                 chunk_size,
+                inline_max: 0,
                 ..ClientOptions::default()
             },
         )
@@ -745,6 +889,36 @@ mod tests {
             0,
             "chunks deleted with the file once metadata is durable"
         );
+    }
+
+    #[test]
+    fn small_commits_are_inline_and_need_no_chunk_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let inline_client = |dir: &std::path::Path| {
+            let meta = Arc::new(LocalMeta::open(&dir.join("meta.redb")).unwrap());
+            let chunks = Arc::new(LocalChunks::open(&dir.join("chunks")).unwrap());
+            Client::new(meta, chunks, ClientOptions::default())
+        };
+        let c = inline_client(dir.path());
+        let ino = mkfile(&c, "small");
+        let ctx = Ctx::root(Time::now());
+        c.open(ino);
+        c.write(ino, 0, b"tiny file", &ctx).unwrap();
+        c.release(ino).unwrap();
+        let chunk_files = walk(&dir.path().join("chunks"))
+            .into_iter()
+            .filter(|p| {
+                !p.strip_prefix(dir.path().join("chunks"))
+                    .is_ok_and(|r| r.starts_with("tmp"))
+            })
+            .count();
+        assert_eq!(chunk_files, 0);
+        let s = c.meta().slices(ino).unwrap();
+        assert!(maybe_inline(&s[0].chunk));
+        drop(c);
+        // Read back after a restart (nothing cached).
+        let c = inline_client(dir.path());
+        assert_eq!(c.read(ino, 0, 100).unwrap(), b"tiny file");
     }
 
     #[test]

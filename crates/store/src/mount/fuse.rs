@@ -791,15 +791,8 @@ impl Filesystem for StoreFs {
         pid: u32,
         reply: ReplyLock,
     ) {
-        let Some(kind) = LockKind::from_fcntl(typ) else {
+        let Some(req) = lock_request(lock_owner, start, end, typ, pid) else {
             return reply.error(fuser::Errno::EINVAL);
-        };
-        let req = Lock {
-            owner: lock_owner.0,
-            start,
-            end,
-            kind,
-            pid,
         };
         match self.locks.test(ino.0, &req) {
             Ok(Some(l)) => reply.locked(l.start, l.end, l.kind.to_fcntl(), l.pid),
@@ -821,15 +814,8 @@ impl Filesystem for StoreFs {
         sleep: bool,
         reply: ReplyEmpty,
     ) {
-        let Some(kind) = LockKind::from_fcntl(typ) else {
+        let Some(req) = lock_request(lock_owner, start, end, typ, pid) else {
             return reply.error(fuser::Errno::EINVAL);
-        };
-        let req = Lock {
-            owner: lock_owner.0,
-            start,
-            end,
-            kind,
-            pid,
         };
         // A waiting request is answered later, from whichever thread frees
         // the conflicting lock; this worker thread moves on.
@@ -901,7 +887,13 @@ impl StoreFs {
                     "length": s.len,
                     "chunk": s.chunk.to_string(),
                     "chunk_offset": s.chunk_off,
-                    "locations": self.client.chunks().locate(&s.chunk),
+                    "locations": if super::client::maybe_inline(&s.chunk)
+                        && matches!(self.client.meta().inline_chunk(&s.chunk), Ok(Some(_)))
+                    {
+                        vec!["inline (in the metadata)".to_string()]
+                    } else {
+                        self.client.chunks().locate(&s.chunk)
+                    },
                 })
             })
             .collect();
@@ -913,6 +905,17 @@ impl StoreFs {
         });
         serde_json::to_vec_pretty(&v).map_err(|_| Errno::EIO)
     }
+}
+
+/// A lock request from the kernel's fields; `None` for an unknown type.
+fn lock_request(owner: LockOwner, start: u64, end: u64, typ: i32, pid: u32) -> Option<Lock> {
+    Some(Lock {
+        owner: owner.0,
+        start,
+        end,
+        kind: LockKind::from_fcntl(typ)?,
+        pid,
+    })
 }
 
 fn xattr_reply(reply: ReplyXattr, size: u32, value: &[u8]) {

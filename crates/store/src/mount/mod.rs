@@ -240,14 +240,14 @@ pub async fn run(args: MountArgs, mut shutdown: Shutdown) -> anyhow::Result<()> 
         .with_context(|| format!("resolving the mount point {}", args.dir.display()))?;
     prepare_mountpoint(&dir)?;
     let (meta, chunks) = open_backend(&args.backend)?;
-    let client = Arc::new(Client::new(
+    let client = Client::new(
         meta,
         chunks,
         ClientOptions {
             cache_bytes: args.cache_mb << 20,
             ..ClientOptions::default()
         },
-    ));
+    );
     // The local backend has exactly one client: nothing can hold an
     // unlinked file open across a restart.
     let Backend::Local(_) = &args.backend;
