@@ -8,3 +8,7 @@
 
 pub mod cli;
 pub mod config;
+/// The Docker Swarm provider (lives under `provider/swarm/`; declared here
+/// until `provider/mod.rs` exists on this branch).
+#[path = "provider/swarm/mod.rs"]
+pub mod swarm;

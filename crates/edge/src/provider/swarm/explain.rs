@@ -1,0 +1,169 @@
+//! `edge explain [SERVICE]`: why a Swarm service is (not) routed, with the
+//! fix — rendered from the same diagnostics the API serves.
+//!
+//! The command computes the answer itself, straight from dockerd, with the
+//! same flags and `EDGE_*` environment as the daemon: `docker exec <edge
+//! container> edge explain shop` inherits the container's environment, so
+//! it sees exactly what the running edge sees, and it works even when edge's
+//! admin port is unreachable or the proxy is the thing being debugged.
+
+use std::fmt::Write as _;
+
+use super::labels::Severity;
+use super::{build, docker, ServiceDiagnostic, Status, SwarmConfig, SwarmSnapshot};
+
+/// The JSON the admin API serves at `/api/swarm/services`.
+pub fn to_json(snapshot: &SwarmSnapshot) -> serde_json::Value {
+    serde_json::json!({
+        "generation": snapshot.generation,
+        "dockerError": snapshot.docker_error,
+        "global": snapshot.global,
+        "services": snapshot.diagnostics,
+    })
+}
+
+fn status_word(s: Status) -> &'static str {
+    match s {
+        Status::Routed => "routed",
+        Status::NoServers => "NO SERVERS",
+        Status::Error => "NOT ROUTED",
+        Status::Excluded => "excluded",
+        Status::Disabled => "disabled",
+    }
+}
+
+/// A full report on one service.
+pub fn render_service(d: &ServiceDiagnostic) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "service {} ({}): {}",
+        d.service,
+        super::backends::short_id(&d.id),
+        status_word(d.status)
+    );
+    let _ = writeln!(out, "  {}", d.reason);
+    if !d.routers.is_empty() {
+        let _ = writeln!(out, "  routers:");
+        for (name, rule) in &d.routers {
+            let _ = writeln!(out, "    {name}@swarm: {rule}");
+        }
+    }
+    if !d.servers.is_empty() {
+        let _ = writeln!(
+            out,
+            "  servers on {}: {}",
+            d.network.as_deref().unwrap_or("?"),
+            d.servers.join(", ")
+        );
+    }
+    if matches!(d.status, Status::Routed | Status::NoServers | Status::Error) {
+        let desired = d
+            .tasks
+            .desired
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| "global".into());
+        let mut line = format!("  tasks: {} running of {desired}", d.tasks.running);
+        for (state, n) in &d.tasks.other {
+            let _ = write!(line, ", {n} {state}");
+        }
+        let _ = writeln!(out, "{line}");
+    }
+    for i in &d.issues {
+        let sev = match i.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        match &i.label {
+            Some(l) => {
+                let _ = writeln!(
+                    out,
+                    "  {sev}: label {l} on service {}: {}",
+                    d.service, i.message
+                );
+            }
+            None => {
+                let _ = writeln!(out, "  {sev}: {}", i.message);
+            }
+        }
+    }
+    out
+}
+
+/// The report for `service`, or for every service that needs attention
+/// (and a one-line summary of the others) when `service` is `None`.
+pub fn render(snapshot: &SwarmSnapshot, service: Option<&str>) -> Result<String, String> {
+    let mut out = String::new();
+    if let Some(e) = &snapshot.docker_error {
+        let _ = writeln!(out, "dockerd: {e}\n");
+    }
+    for g in &snapshot.global {
+        let _ = writeln!(out, "error: {g}");
+    }
+    if let Some(name) = service {
+        let Some(d) = snapshot.service(name) else {
+            let known: Vec<&str> = snapshot
+                .diagnostics
+                .iter()
+                .map(|d| d.service.as_str())
+                .collect();
+            return Err(format!(
+                "no Swarm service named {name:?}; services: {}",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ));
+        };
+        out.push_str(&render_service(d));
+        return Ok(out);
+    }
+    let (attention, fine): (Vec<_>, Vec<_>) = snapshot
+        .diagnostics
+        .iter()
+        .partition(|d| d.needs_attention());
+    for d in &attention {
+        out.push_str(&render_service(d));
+        out.push('\n');
+    }
+    for d in fine {
+        let _ = writeln!(
+            out,
+            "{:<32} {:<10} {}",
+            d.service,
+            status_word(d.status),
+            d.reason
+        );
+    }
+    if snapshot.diagnostics.is_empty() {
+        out.push_str("no Swarm services\n");
+    }
+    Ok(out)
+}
+
+/// Reads the cluster once and explains `service` (or every service).
+pub async fn explain(
+    cfg: &SwarmConfig,
+    service: Option<&str>,
+    json: bool,
+) -> anyhow::Result<String> {
+    cfg.validate().map_err(anyhow::Error::msg)?;
+    let client =
+        docker::Client::new(docker::Endpoint::parse(&cfg.docker_host).map_err(anyhow::Error::msg)?);
+    let container = cfg.container.clone().or_else(docker::detect_own_container);
+    let state = client.fetch_state(container.as_deref()).await?;
+    let snapshot = build(&state, cfg);
+    if json {
+        let v = match service {
+            Some(name) => serde_json::to_value(
+                snapshot
+                    .service(name)
+                    .ok_or_else(|| anyhow::anyhow!("no Swarm service named {name:?}"))?,
+            )?,
+            None => to_json(&snapshot),
+        };
+        return Ok(serde_json::to_string_pretty(&v)? + "\n");
+    }
+    render(&snapshot, service).map_err(anyhow::Error::msg)
+}
