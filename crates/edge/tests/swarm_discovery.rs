@@ -401,3 +401,61 @@ fn swarm_provider_survives_a_dockerd_restart() {
     drop(d);
     drop(restarted);
 }
+
+#[test]
+fn swarm_rolling_update_always_keeps_a_server() {
+    let d = setup();
+    let p = Provider::start(&d);
+    create(&d, "roll", 2, &["edge.enable=true", "edge.port=8000"]);
+    let before = p.until("roll with 2 servers", Duration::from_secs(60), |s| {
+        let v = servers(s, "roll");
+        (v.len() == 2).then(|| ips_of(&v))
+    });
+    // Record the server count of every snapshot published during the update.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<usize>::new()));
+    let mut rx = p.rx.clone();
+    let rec = seen.clone();
+    let recorder = p.rt.as_ref().unwrap().spawn(async move {
+        while rx.changed().await.is_ok() {
+            let n = servers(&rx.borrow_and_update(), "roll").len();
+            rec.lock().unwrap().push(n);
+        }
+    });
+    d.run(&[
+        "service",
+        "update",
+        "--detach",
+        "--force",
+        "--update-order",
+        "start-first",
+        "--update-parallelism",
+        "1",
+        "roll",
+    ])
+    .unwrap();
+    let after = p.until("both tasks replaced", Duration::from_secs(80), |s| {
+        let ips = ips_of(&servers(s, "roll"));
+        (ips.len() == 2 && ips.is_disjoint(&before)).then_some(ips)
+    });
+    recorder.abort();
+    let counts = seen.lock().unwrap().clone();
+    assert!(!counts.is_empty());
+    assert!(
+        counts.iter().all(|n| *n >= 1),
+        "a snapshot had no server: {counts:?}"
+    );
+    // The replaced tasks left the snapshot as soon as Swarm marked them for
+    // shutdown; their containers linger until they exit (busybox httpd as
+    // PID 1 ignores SIGTERM, so ~10 s), then only the new ones remain.
+    let want: BTreeSet<String> = wait::until(
+        "the old containers to be gone",
+        Duration::from_secs(40),
+        Duration::from_millis(200),
+        || {
+            let ips: BTreeSet<String> = d.task_ips("roll", NET).ok()?.into_iter().collect();
+            (ips.len() == 2).then_some(ips)
+        },
+    )
+    .unwrap();
+    assert_eq!(after, want);
+}

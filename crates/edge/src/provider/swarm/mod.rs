@@ -438,7 +438,9 @@ pub fn build(state: &SwarmState, cfg: &SwarmConfig) -> SwarmSnapshot {
             continue;
         }
         d.issues = std::mem::take(&mut lbl.issues);
-        d.issues.extend(b.issues.iter().cloned());
+        // Configuration problems (a missing port) come before the backend
+        // ones (no running task), which are often only transient.
+        let backend_issues = b.issues.clone();
         // Servers of every service these labels define.
         let names: Vec<String> = lbl.http.services.keys().cloned().collect();
         for name in names {
@@ -478,6 +480,7 @@ pub fn build(state: &SwarmState, cfg: &SwarmConfig) -> SwarmSnapshot {
                     .collect();
             }
         }
+        d.issues.extend(backend_issues);
         // Merge into the provider's configuration (Traefik's rules: equal
         // definitions from several services are one; load balancers with
         // equal settings pool their servers; anything else conflicts).
@@ -822,6 +825,7 @@ async fn follow(
     *backoff = BACKOFF_MIN;
     tracing::info!(docker = %client.endpoint(), services = state.services.len(), "swarm provider connected");
     let mut rebuild_at: Option<Instant> = None;
+    let mut last_rebuild = Instant::now();
     let mut settle_until: Option<Instant> = (!settled(&state)).then(|| Instant::now() + SETTLE_MAX);
     let mut next_refresh = Instant::now() + cfg.refresh;
     loop {
@@ -831,7 +835,11 @@ async fn follow(
             ev = events.next() => match ev? {
                 Some(ev) => {
                     tracing::debug!(kind = %ev.kind, action = %ev.action, "docker event");
-                    rebuild_at.get_or_insert_with(|| Instant::now() + cfg.debounce);
+                    // Leading-edge debounce: the first event after a quiet
+                    // period rebuilds at once (a task being stopped must
+                    // leave the list fast); a burst is folded into one
+                    // rebuild per debounce window.
+                    rebuild_at.get_or_insert_with(|| (last_rebuild + cfg.debounce).max(Instant::now()));
                     settle_until = Some(Instant::now() + SETTLE_MAX);
                     continue;
                 }
@@ -849,6 +857,7 @@ async fn follow(
             }
         }
         rebuild_at = None;
+        last_rebuild = Instant::now();
         state = client.fetch_state(container).await?;
         publish(tx, &state, cfg);
         if let Some(until) = settle_until {
