@@ -729,8 +729,12 @@ fn sort_issues(issues: &mut [Issue]) {
 // The I/O part: follow dockerd and publish snapshots.
 
 /// Re-list this often while tasks are still moving after an event (Swarm
-/// has no task events, and container events only exist on the local node).
-const SETTLE_POLL: Duration = Duration::from_millis(250);
+/// has no task events, and container events only exist on the local node)…
+const SETTLE_POLL: Duration = Duration::from_millis(100);
+/// …for this long after the last event, then at `SETTLE_SLOW` (a task that
+/// keeps failing must not make edge hammer dockerd).
+const SETTLE_FAST: Duration = Duration::from_secs(5);
+const SETTLE_SLOW: Duration = Duration::from_secs(1);
 /// Keep settling at most this long after the last event.
 const SETTLE_MAX: Duration = Duration::from_secs(60);
 /// First and largest wait before reconnecting to dockerd.
@@ -827,9 +831,17 @@ async fn follow(
     let mut rebuild_at: Option<Instant> = None;
     let mut last_rebuild = Instant::now();
     let mut settle_until: Option<Instant> = (!settled(&state)).then(|| Instant::now() + SETTLE_MAX);
+    let mut last_event = Instant::now();
     let mut next_refresh = Instant::now() + cfg.refresh;
     loop {
-        let settle_tick = settle_until.map(|_| Instant::now() + SETTLE_POLL);
+        let settle_tick = settle_until.map(|_| {
+            let every = if last_event.elapsed() < SETTLE_FAST {
+                SETTLE_POLL
+            } else {
+                SETTLE_SLOW
+            };
+            (last_rebuild + every).max(Instant::now())
+        });
         tokio::select! {
             _ = shutdown.wait() => return Ok(()),
             ev = events.next() => match ev? {
@@ -841,6 +853,7 @@ async fn follow(
                     // rebuild per debounce window.
                     rebuild_at.get_or_insert_with(|| (last_rebuild + cfg.debounce).max(Instant::now()));
                     settle_until = Some(Instant::now() + SETTLE_MAX);
+                    last_event = Instant::now();
                     continue;
                 }
                 None => {
