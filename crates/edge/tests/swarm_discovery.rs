@@ -319,6 +319,76 @@ fn swarm_broken_labels_affect_only_their_service() {
         .unwrap();
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["services"].as_array().unwrap().len(), 4);
+
+    // Through a socket proxy on TCP that allows GET only, as
+    // docker-socket-proxy does: same answer.
+    let proxy = GetOnlyProxy::start(d.socket());
+    let cfg = SwarmConfig {
+        docker_host: format!("tcp://{}", proxy.addr),
+        ..cfg
+    };
+    let text = rt
+        .block_on(swarm::explain::explain(&cfg, Some("shop"), false))
+        .unwrap();
+    assert!(text.contains("write Host(`shop`)"), "{text}");
+    assert!(proxy.requests.load(std::sync::atomic::Ordering::SeqCst) >= 3);
+    assert_eq!(proxy.refused.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+/// A TCP → unix-socket forwarder that refuses anything but GET, like
+/// docker-socket-proxy with POST=0. Its threads end with the test process.
+struct GetOnlyProxy {
+    addr: std::net::SocketAddr,
+    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    refused: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl GetOnlyProxy {
+    fn start(socket: &std::path::Path) -> GetOnlyProxy {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (req, bad, socket) = (requests.clone(), refused.clone(), socket.to_path_buf());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut client) = conn else { return };
+                let mut head = [0u8; 4];
+                if client.read_exact(&mut head).is_err() {
+                    continue;
+                }
+                if &head != b"GET " {
+                    bad.fetch_add(1, Ordering::SeqCst);
+                    let _ =
+                        client.write_all(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n");
+                    continue;
+                }
+                req.fetch_add(1, Ordering::SeqCst);
+                let Ok(mut daemon) = std::os::unix::net::UnixStream::connect(&socket) else {
+                    continue;
+                };
+                let _ = daemon.write_all(&head);
+                let (Ok(mut c2), Ok(mut d2)) = (client.try_clone(), daemon.try_clone()) else {
+                    continue;
+                };
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c2, &mut d2);
+                    let _ = d2.shutdown(std::net::Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut daemon, &mut client);
+                    let _ = client.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        GetOnlyProxy {
+            addr,
+            requests,
+            refused,
+        }
+    }
 }
 
 #[test]

@@ -284,8 +284,13 @@ impl Client {
                         .filter(|id| !id.is_empty())
                         .collect(),
                 ),
-                Err(DockerError::Status { status: 404, .. }) => None,
-                Err(e) => return Err(e),
+                // Not in a container (404), or a socket proxy without
+                // CONTAINERS (403): edge's networks are then unknown, which
+                // `build` explains; it is no reason to stop routing.
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot inspect edge's own container");
+                    None
+                }
             },
             None => None,
         };

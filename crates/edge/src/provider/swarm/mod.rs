@@ -375,6 +375,11 @@ pub fn build(state: &SwarmState, cfg: &SwarmConfig) -> SwarmSnapshot {
         }
         Some(ids)
     } else {
+        if state.edge_networks.is_none() {
+            global.push(
+                "edge's own networks are unknown (it does not run in a container, or the Docker API refused to inspect it): a service on several networks needs edge.swarm.network, and edge may pick a network it cannot reach; set --swarm-network to the networks edge is attached to".into(),
+            );
+        }
         state
             .edge_networks
             .as_ref()
@@ -900,6 +905,9 @@ fn publish(tx: &tokio::sync::watch::Sender<SwarmSnapshot>, state: &SwarmState, c
             routed_services = routed,
             "swarm configuration changed"
         );
+        for g in &next.global {
+            tracing::warn!(problem = %g, "swarm provider");
+        }
         for d in next.diagnostics.iter().filter(|d| d.needs_attention()) {
             tracing::warn!(service = %d.service, status = ?d.status, reason = %d.reason, "swarm service not fully routed");
         }
