@@ -529,3 +529,107 @@ fn swarm_rolling_update_always_keeps_a_server() {
     .unwrap();
     assert_eq!(after, want);
 }
+
+/// A stack file as written for Traefik's swarm provider: labels unchanged.
+const TRAEFIK_STACK: &str = r#"
+version: "3.8"
+services:
+  whoami:
+    image: b3/busybox:test
+    command: ["/bin/b3-demo"]
+    networks: [front]
+    deploy:
+      replicas: 2
+      labels:
+        - "traefik.enable=true"
+        - "traefik.swarm.network=shop_front"
+        - "traefik.constraint-label=public"
+        - "traefik.http.routers.whoami.rule=Host(`whoami.example.com`)"
+        - "traefik.http.routers.whoami.entrypoints=websecure"
+        - "traefik.http.routers.whoami.tls=true"
+        - "traefik.http.routers.whoami.tls.certresolver=le"
+        - "traefik.http.routers.whoami.middlewares=whoami-auth,whoami-headers"
+        - "traefik.http.middlewares.whoami-auth.basicauth.users=admin:$$apr1$$H6uskkkW$$IgXLP6ewTrSuBkTrqE8wj/"
+        - "traefik.http.middlewares.whoami-headers.headers.customresponseheaders.X-Served-By=edge"
+        - "traefik.http.routers.whoami-http.rule=Host(`whoami.example.com`)"
+        - "traefik.http.routers.whoami-http.entrypoints=web"
+        - "traefik.http.routers.whoami-http.middlewares=to-https"
+        - "traefik.http.middlewares.to-https.redirectscheme.scheme=https"
+        - "traefik.http.services.whoami.loadbalancer.server.port=8000"
+        - "traefik.http.services.whoami.loadbalancer.sticky.cookie.name=srv"
+networks:
+  front:
+    driver: overlay
+    attachable: true
+"#;
+
+#[test]
+fn swarm_a_traefik_stack_file_is_served_unchanged() {
+    let d = Dockerd::start().unwrap();
+    d.swarm_init().unwrap();
+    d.import_busybox(IMAGE).unwrap();
+    let file = d.dir().join("traefik-stack.yml");
+    std::fs::write(&file, TRAEFIK_STACK).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (tx, rx) = watch::channel(SwarmSnapshot::default());
+    let (trigger, shutdown) = b3_common::shutdown::channel();
+    // The network does not exist yet when edge starts: it is picked up
+    // once the stack creates it.
+    let cfg = SwarmConfig {
+        docker_host: d.docker_host(),
+        networks: vec!["shop_front".into()],
+        container: Some("not-a-container".into()),
+        constraints: Some("Label(`traefik.constraint-label`, `public`)".into()),
+        ..SwarmConfig::default()
+    };
+    rt.spawn(swarm::run(cfg, tx, shutdown));
+    d.run(&[
+        "stack",
+        "deploy",
+        "--resolve-image",
+        "never",
+        "-c",
+        file.to_str().unwrap(),
+        "shop",
+    ])
+    .unwrap();
+    let snap = wait::until(
+        "shop_whoami routed to 2 tasks",
+        Duration::from_secs(60),
+        Duration::from_millis(50),
+        || {
+            let s = rx.borrow();
+            (servers(&s, "whoami").len() == 2).then(|| s.clone())
+        },
+    )
+    .unwrap();
+    let diag = snap.service("shop_whoami").unwrap();
+    assert_eq!(diag.status, Status::Routed, "{diag:#?}");
+    assert!(
+        diag.issues
+            .iter()
+            .all(|i| i.severity == swarm::labels::Severity::Warning),
+        "{diag:#?}"
+    );
+    let http = &snap.dynamic.http;
+    assert_eq!(
+        http.routers["whoami"].middlewares,
+        vec!["whoami-auth", "whoami-headers"]
+    );
+    assert_eq!(http.routers["whoami-http"].middlewares, vec!["to-https"]);
+    assert!(http.middlewares.contains_key("to-https"));
+    assert!(snap.global.is_empty(), "{:?}", snap.global);
+    assert!(edge::config::validate(&snap.dynamic, "swarm").is_empty());
+    let want: BTreeSet<String> = d
+        .task_ips("shop_whoami", "shop_front")
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(ips_of(&servers(&snap, "whoami")), want);
+    trigger.trigger();
+    rt.shutdown_timeout(Duration::from_secs(5));
+}

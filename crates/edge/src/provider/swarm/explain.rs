@@ -42,7 +42,16 @@ pub fn render_service(d: &ServiceDiagnostic) -> String {
         super::backends::short_id(&d.id),
         status_word(d.status)
     );
-    let _ = writeln!(out, "  {}", d.reason);
+    // The reason repeats the first error, which is listed below anyway.
+    match d.status {
+        Status::Error if !d.issues.is_empty() => {}
+        Status::NoServers if !d.issues.is_empty() => {
+            let _ = writeln!(out, "  published without servers: requests get 503");
+        }
+        _ => {
+            let _ = writeln!(out, "  {}", d.reason);
+        }
+    }
     if !d.routers.is_empty() {
         let _ = writeln!(out, "  routers:");
         for (name, rule) in &d.routers {
@@ -166,4 +175,74 @@ pub async fn explain(
         return Ok(serde_json::to_string_pretty(&v)? + "\n");
     }
     render(&snapshot, service).map_err(anyhow::Error::msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{build, SwarmNetwork, SwarmService, SwarmState};
+    use super::*;
+
+    #[test]
+    fn reports_name_the_service_the_label_and_the_fix() {
+        let st = SwarmState {
+            services: vec![
+                SwarmService {
+                    id: "abcdef0123456789".into(),
+                    name: "shop".into(),
+                    labels: [
+                        ("traefik.enable".to_string(), "true".to_string()),
+                        ("traefik.http.routers.web.rule".into(), "Host(shop)".into()),
+                        (
+                            "traefik.http.services.web.loadbalancer.server.port".into(),
+                            "80".into(),
+                        ),
+                    ]
+                    .into(),
+                    networks: vec!["n".into()],
+                    ..SwarmService::default()
+                },
+                SwarmService {
+                    id: "x1".into(),
+                    name: "quiet".into(),
+                    ..SwarmService::default()
+                },
+            ],
+            networks: vec![SwarmNetwork {
+                id: "n".into(),
+                name: "public".into(),
+                ingress: false,
+            }],
+            edge_networks: Some(vec!["n".into()]),
+            ..SwarmState::default()
+        };
+        let snap = build(&st, &SwarmConfig::default());
+        let text = render(&snap, Some("shop")).unwrap();
+        assert!(
+            text.starts_with("service shop (abcdef012345): NOT ROUTED"),
+            "{text}"
+        );
+        assert!(
+            text.contains("error: label traefik.http.routers.web.rule on service shop: router web: rule: at column 6"),
+            "{text}"
+        );
+        assert_eq!(text.matches("at column 6").count(), 1, "{text}");
+        // By ID prefix too; unknown names list the known ones.
+        assert!(render(&snap, Some("abcdef")).is_ok());
+        let e = render(&snap, Some("nope")).unwrap_err();
+        assert!(
+            e.contains("services: quiet, shop") || e.contains("services: shop, quiet"),
+            "{e}"
+        );
+        let all = render(&snap, None).unwrap();
+        assert!(
+            all.contains("service shop") && all.contains("quiet") && all.contains("disabled"),
+            "{all}"
+        );
+        let v = to_json(&snap);
+        assert_eq!(v["services"][1]["status"], "error");
+        assert_eq!(
+            v["services"][1]["issues"][0]["label"],
+            "traefik.http.routers.web.rule"
+        );
+    }
 }

@@ -652,10 +652,10 @@ pub fn build(state: &SwarmState, cfg: &SwarmConfig) -> SwarmSnapshot {
     // Verdicts.
     for (idx, d) in diags.iter_mut().enumerate() {
         let Some(lbl) = &parsed[idx] else {
+            sort_issues(&mut d.issues);
             if d.status == Status::Error {
                 d.reason = first_error(&d.issues).unwrap_or_else(|| "broken labels".into());
             }
-            sort_issues(&mut d.issues);
             continue;
         };
         for name in lbl.http.routers.keys() {
@@ -726,8 +726,10 @@ fn first_error(issues: &[Issue]) -> Option<String> {
         })
 }
 
+/// Errors first; among them, those naming a label (what the user wrote
+/// wrong) before the others (often transient: no running task yet).
 fn sort_issues(issues: &mut [Issue]) {
-    issues.sort_by_key(|i| i.severity);
+    issues.sort_by_key(|i| (i.severity, i.label.is_none()));
 }
 
 // ---------------------------------------------------------------------------
