@@ -158,6 +158,16 @@ impl SwarmConfig {
         o
     }
 
+    /// Whether the provider should run when nobody asked explicitly: the
+    /// unix socket exists, or a TCP endpoint was configured.
+    pub fn auto_enabled(&self) -> bool {
+        match docker::Endpoint::parse(&self.docker_host) {
+            Ok(docker::Endpoint::Unix(p)) => p.exists(),
+            Ok(docker::Endpoint::Tcp(_)) => true,
+            Err(_) => false,
+        }
+    }
+
     /// Checks what can be checked without Docker.
     pub fn validate(&self) -> Result<(), String> {
         if let Some(c) = &self.constraints {
@@ -888,6 +898,36 @@ async fn follow(
     }
 }
 
+/// Hands each new configuration to `push` (e.g. the proxy's provider
+/// sink), skipping snapshots whose `dynamic` did not change (diagnostics
+/// alone, or dockerd going away). Ends when the provider is gone or `push`
+/// returns false.
+pub async fn forward<F, Fut>(mut rx: tokio::sync::watch::Receiver<SwarmSnapshot>, mut push: F)
+where
+    F: FnMut(Dynamic) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let mut last: Option<Dynamic> = None;
+    loop {
+        let next = {
+            let snap = rx.borrow_and_update();
+            // Generation 0 is the empty placeholder before the first list:
+            // pushing it would wipe routes the proxy may have kept.
+            (snap.generation > 0 && last.as_ref() != Some(&snap.dynamic))
+                .then(|| snap.dynamic.clone())
+        };
+        if let Some(d) = next {
+            last = Some(d.clone());
+            if !push(d).await {
+                return;
+            }
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Builds and publishes a snapshot if anything changed.
 fn publish(tx: &tokio::sync::watch::Sender<SwarmSnapshot>, state: &SwarmState, cfg: &SwarmConfig) {
     let mut next = build(state, cfg);
@@ -1189,6 +1229,52 @@ mod tests {
         assert!(!settled(&st));
         st.tasks.pop();
         assert!(!settled(&st), "one of two replicas");
+    }
+
+    #[tokio::test]
+    async fn forward_pushes_only_changed_configurations() {
+        let (tx, rx) = tokio::sync::watch::channel(SwarmSnapshot::default());
+        let (out_tx, mut out) = tokio::sync::mpsc::channel::<Dynamic>(8);
+        let task = tokio::spawn(forward(rx, move |d| {
+            let out_tx = out_tx.clone();
+            async move { out_tx.send(d).await.is_ok() }
+        }));
+        let st = state(vec![svc(
+            "s1",
+            "demo",
+            &[("edge.enable", "true"), ("edge.port", "80")],
+        )]);
+        let mut snap = build(&st, &SwarmConfig::default());
+        snap.generation = 1;
+        tx.send_replace(snap.clone());
+        let got = out.recv().await.unwrap();
+        assert!(got.http.routers.contains_key("demo"));
+        // dockerd goes away: same dynamic, nothing pushed.
+        snap.generation = 2;
+        snap.docker_error = Some("gone".into());
+        tx.send_replace(snap.clone());
+        // A real change is pushed.
+        snap.generation = 3;
+        snap.dynamic.http.routers.clear();
+        tx.send_replace(snap);
+        let got = out.recv().await.unwrap();
+        assert!(got.http.routers.is_empty());
+        drop(tx);
+        task.await.unwrap();
+        assert!(out.try_recv().is_err());
+    }
+
+    #[test]
+    fn auto_enable_follows_the_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("docker.sock");
+        let cfg = SwarmConfig {
+            docker_host: format!("unix://{}", sock.display()),
+            ..SwarmConfig::default()
+        };
+        assert!(!cfg.auto_enabled());
+        std::fs::write(&sock, b"").unwrap();
+        assert!(cfg.auto_enabled());
     }
 
     proptest! {
