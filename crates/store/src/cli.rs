@@ -4,9 +4,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
+use anyhow::Context;
 use b3_common::{LogArgs, Shutdown};
 use clap::{Parser, Subcommand};
+
+use crate::net::Identity;
 
 /// Replicated chunk store with a metadata quorum and a FUSE client.
 #[derive(Debug, Parser)]
@@ -22,13 +26,40 @@ pub struct Cli {
 /// What to run.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Create a new cluster in this node's data directory (first node only),
+    /// then start it with `store server`.
+    Init(InitArgs),
+    /// Print a token that lets another node join this node's cluster.
+    JoinToken(JoinTokenArgs),
     /// Run a storage node (chunks + metadata) until SIGTERM/SIGINT.
     Server(ServerArgs),
+    /// Cluster health, quorum, leader, nodes and placement groups.
+    Status(ClientArgs),
+    /// The nodes of the cluster map (like `ceph osd tree`).
+    Nodes(ClientArgs),
+    /// Space used and available, per node and in total (like `ceph df`).
+    Df(ClientArgs),
+    /// Remove a node from the cluster map and the metadata group (stop it
+    /// first; it rejoins if restarted).
+    RemoveNode(NodeArgs),
+    /// Stop placing new data on a node (it keeps its vote and its chunks).
+    Out(NodeArgs),
+    /// Place data on a node again after `store out`.
+    In(NodeArgs),
 }
 
-/// Flags of `store server`.
+/// Flags of the commands that act on one node.
 #[derive(Debug, Clone, clap::Args)]
-pub struct ServerArgs {
+pub struct NodeArgs {
+    /// Node id as `store nodes` prints it (hex).
+    pub id: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// The data directory flag shared by the commands that use one.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DataDir {
     /// Directory holding this node's chunks, metadata and identity.
     #[arg(
         long,
@@ -37,8 +68,38 @@ pub struct ServerArgs {
         value_name = "DIR"
     )]
     pub data_dir: PathBuf,
+}
 
-    /// Address of the admin HTTP endpoint (/health, /metrics).
+/// Flags of `store init`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct InitArgs {
+    #[command(flatten)]
+    pub dir: DataDir,
+    /// Copies of every chunk.
+    #[arg(long, env = "STORE_SIZE", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=7))]
+    pub size: u32,
+    /// Fewest durable copies before a write is acknowledged.
+    #[arg(long, env = "STORE_MIN_SIZE", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=7))]
+    pub min_size: u32,
+}
+
+/// Flags of `store join-token`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct JoinTokenArgs {
+    #[command(flatten)]
+    pub dir: DataDir,
+    /// How long the token stays valid (e.g. 30m, 24h, 7d).
+    #[arg(long, env = "STORE_TOKEN_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub ttl: Duration,
+}
+
+/// Flags of `store server`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    #[command(flatten)]
+    pub dir: DataDir,
+
+    /// Address of the admin HTTP endpoint (/health, /metrics, object API).
     #[arg(
         long,
         env = "STORE_ADMIN_ADDR",
@@ -46,13 +107,110 @@ pub struct ServerArgs {
         value_name = "ADDR"
     )]
     pub admin_addr: SocketAddr,
+
+    /// UDP address of the QUIC cluster transport.
+    #[arg(
+        long,
+        env = "STORE_LISTEN",
+        default_value = "0.0.0.0:7400",
+        value_name = "ADDR"
+    )]
+    pub listen: SocketAddr,
+
+    /// Address other nodes use to reach this one (default: --listen, or
+    /// this host's address when --listen is 0.0.0.0).
+    #[arg(long, env = "STORE_ADVERTISE", value_name = "ADDR")]
+    pub advertise: Option<SocketAddr>,
+
+    /// Join token from `store join-token` (only needed the first time).
+    #[arg(long, env = "STORE_JOIN", value_name = "TOKEN")]
+    pub join: Option<String>,
+
+    /// Nodes to contact when joining: `host:port,...` or a DNS name such as
+    /// `tasks.store` (every address it resolves to; port 7400 if omitted).
+    #[arg(long, env = "STORE_PEERS", value_name = "LIST", value_delimiter = ',')]
+    pub peers: Vec<String>,
+
+    /// Failure domain of this node; at most one copy of a chunk per domain
+    /// (default: the host name).
+    #[arg(long, env = "STORE_FAILURE_DOMAIN", value_name = "NAME")]
+    pub failure_domain: Option<String>,
+
+    /// Placement weight (default: capacity of the data disk in GiB).
+    #[arg(long, env = "STORE_WEIGHT", value_name = "N")]
+    pub weight: Option<u64>,
+
+    /// Raft election timeout (the heartbeat is a fifth of it).
+    #[arg(long, env = "STORE_ELECTION_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub election_timeout: Duration,
+
+    /// Snapshot the metadata (and compact the log) every N entries.
+    #[arg(long, env = "STORE_SNAPSHOT_EVERY", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub snapshot_every: u64,
+}
+
+/// Flags of the admin commands.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientArgs {
+    /// Admin address of any node of the cluster.
+    #[arg(
+        long,
+        env = "STORE_SERVER",
+        default_value = "127.0.0.1:7401",
+        value_name = "ADDR"
+    )]
+    pub server: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Runs the parsed command.
 pub async fn run(command: Command, shutdown: Shutdown) -> anyhow::Result<()> {
     match command {
+        Command::Init(args) => init(args),
+        Command::JoinToken(args) => {
+            let id = Identity::require(&args.dir.data_dir)?;
+            println!("{}", id.join_token(args.ttl)?);
+            Ok(())
+        }
         Command::Server(args) => crate::server::run(args, shutdown).await,
+        Command::Status(args) => crate::admin_cli::status(&args).await,
+        Command::Nodes(args) => crate::admin_cli::nodes(&args).await,
+        Command::Df(args) => crate::admin_cli::df(&args).await,
+        Command::RemoveNode(a) => crate::admin_cli::change_node(&a.client, &a.id, "remove").await,
+        Command::Out(a) => crate::admin_cli::change_node(&a.client, &a.id, "out").await,
+        Command::In(a) => crate::admin_cli::change_node(&a.client, &a.id, "in").await,
     }
+}
+
+fn init(args: InitArgs) -> anyhow::Result<()> {
+    if args.min_size > args.size {
+        return b3_common::daemon::usage(format!(
+            "--min-size {} is larger than --size {}; min_size must be at most size",
+            args.min_size, args.size
+        ));
+    }
+    let dir = &args.dir.data_dir;
+    crate::server::prepare_data_dir(dir)?;
+    let id = Identity::init(dir, args.size as usize, args.min_size as usize)?;
+    crate::server::mark_founder(dir)?;
+    let token = id
+        .join_token(Duration::from_secs(24 * 3600))
+        .context("making the first join token")?;
+    println!(
+        "cluster {} created in {}",
+        id.settings.cluster_id,
+        dir.display()
+    );
+    println!(
+        "node {:016x}, size {}, min_size {}",
+        id.node_id, id.settings.size, id.settings.min_size
+    );
+    println!("start it with:  store server --data-dir {}", dir.display());
+    println!("join others with (valid 24h; `store join-token` makes more):");
+    println!("  store server --join {token} --peers <this node>:7400");
+    Ok(())
 }
 
 #[cfg(test)]
@@ -74,5 +232,15 @@ mod tests {
             msg.contains("localhost") && msg.contains("--admin-addr"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn peers_split_on_commas() {
+        let cli = Cli::try_parse_from(["store", "server", "--peers", "10.0.0.1:7400,tasks.store"])
+            .unwrap();
+        let Command::Server(args) = cli.command else {
+            panic!("not server")
+        };
+        assert_eq!(args.peers, vec!["10.0.0.1:7400", "tasks.store"]);
     }
 }

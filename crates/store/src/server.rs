@@ -1,22 +1,108 @@
-//! `store server`: one storage node.
+//! `store server`: one storage node. Wires the layers together: identity
+//! (or join), QUIC transport, Raft metadata group, chunk store,
+//! replication, and the admin HTTP endpoint with the object API.
 
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use b3_common::{admin, AdminServer, HealthStatus, Shutdown};
+use bytes::Bytes;
 
+use crate::chunk::ChunkStore;
 use crate::cli::ServerArgs;
+use crate::cluster::rpc::{self, encode_reply, CallError, RemoteError, Reply, Request};
+use crate::cluster::{Cluster, Command, MetaStore, NodeInfo, RaftSettings};
+use crate::net::identity::{self, PendingJoin};
+use crate::net::{wire, Identity, Peer, Service, Transport};
+use crate::replication::{remote_chunk_error, Replicator};
+
+/// How long a joining node keeps trying to reach a peer.
+const JOIN_RETRY_FOR: Duration = Duration::from_secs(60);
 
 /// Runs a storage node until `shutdown` fires.
 pub async fn run(args: ServerArgs, shutdown: Shutdown) -> anyhow::Result<()> {
-    prepare_data_dir(&args.data_dir)?;
-    let registry = admin::registry("store", env!("CARGO_PKG_VERSION"));
-    let data_dir = args.data_dir.clone();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = args.dir.data_dir.clone();
+    prepare_data_dir(&dir)?;
+    let identity = match Identity::load(&dir)? {
+        Some(id) => id,
+        None => match &args.join {
+            Some(token) => join(&dir, token, &args.peers).await?,
+            None => return Err(identity::IdentityError::Missing(dir.display().to_string()).into()),
+        },
+    };
+    let identity = Arc::new(identity);
+    let advertise = match args.advertise {
+        Some(a) => a,
+        None => default_advertise(args.listen).await?,
+    };
+    let chunks = ChunkStore::open(dir.join("chunks"))
+        .with_context(|| format!("opening the chunk directory under {}", dir.display()))?;
+    let (fs_total, _) = crate::chunk::fs_space(&dir);
+    let me = NodeInfo {
+        id: identity.node_id,
+        addr: advertise,
+        admin: SocketAddr::new(advertise.ip(), args.admin_addr.port()),
+        domain: match &args.failure_domain {
+            Some(d) => d.clone(),
+            None => hostname(),
+        },
+        weight: args.weight.unwrap_or((fs_total >> 30).max(1)),
+        is_in: true,
+    };
+    let meta = MetaStore::open(&dir)?;
+    let transport = Transport::bind(
+        args.listen,
+        identity.server_config()?,
+        identity.client_config()?,
+    )?;
+    let election_ms = (args.election_timeout.as_millis() as u64).max(100);
+    let settings = RaftSettings {
+        heartbeat_ms: (election_ms / 5).max(20),
+        election_ms,
+        snapshot_every: args.snapshot_every,
+    };
+    let cluster = Cluster::start(
+        identity.clone(),
+        me.clone(),
+        meta,
+        transport.clone(),
+        &settings,
+        is_founder(&dir),
+    )
+    .await?;
+    let replicator = Replicator::new(cluster.clone(), chunks.clone());
+
+    tokio::spawn(
+        transport
+            .clone()
+            .serve(service(cluster.clone(), chunks.clone()), shutdown.clone()),
+    );
+    tokio::spawn(cluster.clone().run_background(shutdown.clone()));
+    tokio::spawn(register(
+        cluster.clone(),
+        args.peers.clone(),
+        shutdown.clone(),
+    ));
+
+    let mut registry = admin::registry("store", env!("CARGO_PKG_VERSION"));
+    let api = crate::api::Api::new(cluster.clone(), replicator, &mut registry);
+    tokio::spawn(api.clone().run_metrics(shutdown.clone()));
+    let health_dir = dir.clone();
+    let health_cluster = cluster.clone();
     let health: b3_common::Health = Arc::new(move || {
-        if data_dir.is_dir() {
-            HealthStatus::Ok
-        } else {
-            HealthStatus::Failing(format!("data directory {} is gone", data_dir.display()))
+        if !health_dir.is_dir() {
+            return HealthStatus::Failing(format!(
+                "data directory {} is gone",
+                health_dir.display()
+            ));
+        }
+        match health_cluster.raft.metrics().borrow().current_leader {
+            Some(_) => HealthStatus::Ok,
+            None => HealthStatus::Degraded("no metadata leader known (quorum lost?)".into()),
         }
     });
     let admin = AdminServer::bind(
@@ -26,16 +112,324 @@ pub async fn run(args: ServerArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         registry,
         health,
     )
-    .await?;
-    tracing::info!(data_dir = %args.data_dir.display(), admin = %admin.local_addr()?, "store server started");
+    .await?
+    .with_handler(api.handler());
+    tracing::info!(
+        node = %format!("{:016x}", me.id),
+        cluster = %identity.settings.cluster_id,
+        quic = %advertise,
+        admin = %admin.local_addr()?,
+        domain = %me.domain,
+        "store server started"
+    );
     admin.serve(shutdown).await;
+    if let Err(e) = cluster.raft.shutdown().await {
+        tracing::warn!(error = %e, "stopping the metadata group");
+    }
+    transport.close();
     tracing::info!("store server stopped");
     Ok(())
 }
 
+/// Handles requests from peers.
+fn service(cluster: Arc<Cluster>, chunks: ChunkStore) -> Service {
+    Arc::new(move |peer: Peer, frame: wire::Frame| {
+        let cluster = cluster.clone();
+        let chunks = chunks.clone();
+        Box::pin(async move {
+            let (reply, body) = match wire::from_header::<Request>(&frame.header) {
+                Err(e) => (Err(RemoteError::Malformed(e.to_string())), Bytes::new()),
+                Ok(req) => {
+                    if !peer.authenticated && !matches!(req, Request::Join { .. }) {
+                        tracing::info!(peer = %peer.addr, request = req.name(), "refused request from a peer without a cluster certificate");
+                        (Err(RemoteError::Unauthenticated), Bytes::new())
+                    } else {
+                        handle(&cluster, &chunks, peer, req, frame.body).await
+                    }
+                }
+            };
+            (encode_reply(&reply), body)
+        })
+    })
+}
+
+async fn handle(
+    cluster: &Arc<Cluster>,
+    chunks: &ChunkStore,
+    peer: Peer,
+    req: Request,
+    body: Bytes,
+) -> (Result<Reply, RemoteError>, Bytes) {
+    let none = Bytes::new();
+    let blocking = |f: Box<dyn FnOnce() -> Result<(Reply, Bytes), RemoteError> + Send>| async move {
+        match tokio::task::spawn_blocking(f).await {
+            Ok(Ok((r, b))) => (Ok(r), b),
+            Ok(Err(e)) => (Err(e), Bytes::new()),
+            Err(e) => (Err(RemoteError::Other(e.to_string())), Bytes::new()),
+        }
+    };
+    match req {
+        Request::Ping => (
+            Ok(Reply::Pong {
+                node_id: cluster.me.id,
+            }),
+            none,
+        ),
+        Request::Join {
+            token,
+            node_id,
+            csr_pem,
+        } => match cluster.identity.grant(&token, node_id, &csr_pem) {
+            Ok(grant) => {
+                tracing::info!(peer = %peer.addr, node = %format!("{node_id:016x}"), "granted a certificate to a joining node");
+                (Ok(Reply::Joined(Box::new(grant))), none)
+            }
+            Err(e) => {
+                tracing::warn!(peer = %peer.addr, error = %e, "refused a join");
+                (Err(RemoteError::JoinRefused(e.to_string())), none)
+            }
+        },
+        Request::AppendEntries(r) => (
+            Ok(Reply::AppendEntries(cluster.raft.append_entries(r).await)),
+            none,
+        ),
+        Request::Vote(r) => (Ok(Reply::Vote(cluster.raft.vote(r).await)), none),
+        Request::InstallSnapshot(r) => (
+            Ok(Reply::InstallSnapshot(
+                cluster.raft.install_snapshot(r).await,
+            )),
+            none,
+        ),
+        Request::Write { command, hops } => match cluster.write_with_hops(command, hops).await {
+            Ok(r) => (Ok(Reply::Written(r)), none),
+            Err(e) => (Err(RemoteError::Other(e.to_string())), none),
+        },
+        Request::ReadIndex => (cluster.read_index().await.map(Reply::ReadIndex), none),
+        Request::PutChunk { id, crc } => {
+            let chunks = chunks.clone();
+            blocking(Box::new(move || {
+                chunks
+                    .put(&id, &body, crc)
+                    .map(|()| (Reply::Done, Bytes::new()))
+                    .map_err(remote_chunk_error)
+            }))
+            .await
+        }
+        Request::GetChunk { id } => {
+            let chunks = chunks.clone();
+            blocking(Box::new(move || {
+                chunks
+                    .get(&id)
+                    .map(|(data, crc)| (Reply::Chunk { crc }, data))
+                    .map_err(|e| {
+                        if matches!(e, crate::chunk::ChunkError::Corrupt { .. }) {
+                            tracing::warn!(chunk = %id, error = %e, "corrupt chunk copy on disk");
+                        }
+                        remote_chunk_error(e)
+                    })
+            }))
+            .await
+        }
+        Request::DeleteChunk { id } => {
+            let chunks = chunks.clone();
+            blocking(Box::new(move || {
+                chunks
+                    .delete(&id)
+                    .map(|_| (Reply::Done, Bytes::new()))
+                    .map_err(remote_chunk_error)
+            }))
+            .await
+        }
+        Request::Usage => {
+            let chunks = chunks.clone();
+            blocking(Box::new(move || {
+                chunks
+                    .usage()
+                    .map(|u| (Reply::Usage(u), Bytes::new()))
+                    .map_err(remote_chunk_error)
+            }))
+            .await
+        }
+    }
+}
+
+/// Obtains a certificate from one of `peers` with `token` and saves the
+/// new identity in `dir`.
+async fn join(dir: &Path, token: &str, peer_names: &[String]) -> anyhow::Result<Identity> {
+    if peer_names.iter().all(|p| p.trim().is_empty()) {
+        return b3_common::daemon::usage(
+            "--join needs --peers (or STORE_PEERS): the address of at least one node of the cluster",
+        );
+    }
+    let transport = Transport::client(identity::join_client_config(token)?)?;
+    let pending = PendingJoin::new()?;
+    let req = Request::Join {
+        token: token.to_string(),
+        node_id: pending.node_id,
+        csr_pem: pending.csr_pem.clone(),
+    };
+    let start = Instant::now();
+    let mut problems = Vec::new();
+    loop {
+        // Re-resolved every round: a DNS name may list new tasks.
+        let peers = resolve_peers(peer_names).await?;
+        if peers.is_empty() {
+            problems.push(format!("--peers {peer_names:?} resolved to no address"));
+        }
+        for addr in &peers {
+            match rpc::call(&transport, *addr, &req, &[], Duration::from_secs(5)).await {
+                Ok((Reply::Joined(grant), _)) => {
+                    let id = Identity::from_grant(*grant, pending, token)?;
+                    id.save(dir)?;
+                    tracing::info!(peer = %addr, node = %format!("{:016x}", id.node_id), cluster = %id.settings.cluster_id, "joined the cluster");
+                    transport.close();
+                    return Ok(id);
+                }
+                Ok((other, _)) => problems.push(format!("{addr}: unexpected reply {other:?}")),
+                Err(CallError::Remote {
+                    addr,
+                    source: RemoteError::JoinRefused(why),
+                }) => {
+                    anyhow::bail!("node {addr} refused to let this node join: {why}");
+                }
+                Err(e) => {
+                    let text = e.to_string();
+                    if text.contains("CA does not match") {
+                        anyhow::bail!("{addr} is not a node of the cluster this join token belongs to ({text}); check --peers and the token");
+                    }
+                    problems.push(text);
+                }
+            }
+        }
+        if start.elapsed() > JOIN_RETRY_FOR {
+            anyhow::bail!(
+                "could not join: no peer answered within {JOIN_RETRY_FOR:?} ({}); check --peers and that the nodes are running",
+                problems.join("; ")
+            );
+        }
+        problems.clear();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Makes sure this node's entry in the cluster map is current (keeping an
+/// operator's in/out decision). Re-resolves `--peers` on every attempt, so
+/// a DNS name follows the swarm as tasks come and go.
+async fn register(cluster: Arc<Cluster>, peers: Vec<String>, shutdown: Shutdown) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        if shutdown.is_triggered() {
+            return;
+        }
+        let (nodes, _) = cluster.nodes();
+        let mut me = cluster.me.clone();
+        if let Some(existing) = nodes.iter().find(|n| n.id == me.id) {
+            me.is_in = existing.is_in;
+            if *existing == me {
+                return;
+            }
+        }
+        let cmd = Command::UpsertNode(me);
+        let leader_known = cluster.raft.metrics().borrow().current_leader.is_some();
+        let result = if leader_known {
+            cluster.write(cmd).await.map_err(|e| e.to_string())
+        } else {
+            match resolve_peers(&peers).await {
+                Ok(addrs) if !addrs.is_empty() => cluster.write_via(&addrs, &cmd).await,
+                Ok(_) => Err("no leader known yet and no --peers to ask".into()),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        match result {
+            Ok(_) => tracing::info!("registered this node in the cluster map"),
+            Err(e) => tracing::info!(problem = %e, "registering in the cluster map; will retry"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Resolves `--peers`: `ip:port`, `host:port`, or `host` (port 7400). A
+/// DNS name (Swarm's `tasks.store`) yields every address it resolves to.
+pub async fn resolve_peers(peers: &[String]) -> anyhow::Result<Vec<SocketAddr>> {
+    let mut out = Vec::new();
+    let mut resolver = None;
+    for p in peers.iter().map(|p| p.trim()).filter(|p| !p.is_empty()) {
+        if let Ok(a) = p.parse::<SocketAddr>() {
+            out.push(a);
+            continue;
+        }
+        let (host, port) = match p.rsplit_once(':') {
+            Some((h, port)) => (
+                h,
+                port.parse::<u16>()
+                    .map_err(|_| anyhow::anyhow!("--peers entry {p:?}: bad port {port:?}"))?,
+            ),
+            None => (p, 7400),
+        };
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            out.push(SocketAddr::new(ip, port));
+            continue;
+        }
+        if resolver.is_none() {
+            resolver = Some(
+                hickory_resolver::TokioResolver::builder_tokio()
+                    .context("reading the system DNS configuration to resolve --peers")?
+                    .build()
+                    .context("building the DNS resolver")?,
+            );
+        }
+        let Some(r) = resolver.as_ref() else { continue };
+        match r.lookup_ip(host).await {
+            Ok(ips) => out.extend(ips.iter().map(|ip| SocketAddr::new(ip, port))),
+            Err(e) => {
+                tracing::warn!(peer = %p, error = %e, "could not resolve a --peers name; skipping it")
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+async fn default_advertise(listen: SocketAddr) -> anyhow::Result<SocketAddr> {
+    if !listen.ip().is_unspecified() {
+        return Ok(listen);
+    }
+    let host = hostname();
+    let addrs = tokio::net::lookup_host((host.as_str(), listen.port()))
+        .await
+        .with_context(|| {
+            format!("resolving this host's name {host:?} to advertise an address; set --advertise")
+        })?;
+    let found = addrs
+        .into_iter()
+        .find(|a| a.is_ipv4() && !a.ip().is_loopback());
+    found.ok_or_else(|| anyhow::anyhow!("this host's name {host:?} resolves to no usable address; set --advertise (or STORE_ADVERTISE) to the address peers should use"))
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Marks `dir` as the founding node: its first start creates the group.
+pub fn mark_founder(dir: &Path) -> anyhow::Result<()> {
+    let p = dir.join("identity").join("founder");
+    std::fs::write(&p, b"this node created the cluster\n")
+        .with_context(|| format!("writing {}", p.display()))
+}
+
+fn is_founder(dir: &Path) -> bool {
+    dir.join("identity").join("founder").exists()
+}
+
 /// Creates the data directory and proves it is writable, so a read-only or
 /// mistyped path fails at start-up rather than on the first write.
-fn prepare_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+pub fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| {
         format!(
             "creating data directory {} (choose another with --data-dir or STORE_DATA_DIR)",
@@ -62,5 +456,21 @@ mod tests {
         assert!(format!("{err:#}").contains("--data-dir"), "{err:#}");
         prepare_data_dir(&tmp.path().join("fresh")).unwrap();
         assert!(tmp.path().join("fresh").is_dir());
+    }
+
+    #[tokio::test]
+    async fn peers_resolve_literal_addresses() {
+        let peers = resolve_peers(&["127.0.0.2:7400".into(), "127.0.0.3".into(), " ".into()])
+            .await
+            .unwrap();
+        assert_eq!(
+            peers,
+            vec![
+                "127.0.0.2:7400".parse().unwrap(),
+                "127.0.0.3:7400".parse().unwrap()
+            ]
+        );
+        let err = resolve_peers(&["host:notaport".into()]).await.unwrap_err();
+        assert!(err.to_string().contains("bad port"), "{err}");
     }
 }

@@ -28,6 +28,7 @@ pub type Time = Duration;
 #[serde(rename_all = "UPPERCASE")]
 pub enum State {
     /// Not running (before start-up and after shutdown).
+    #[serde(rename = "INIT")]
     Initialize,
     /// Watching the master; takes over when it goes quiet.
     Backup,

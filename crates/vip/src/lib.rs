@@ -5,8 +5,13 @@
 //! [`config`] (flags, `VIP_*` and `KEEPALIVED_*` variables) → [`net`] (raw
 //! socket, netlink addresses, gratuitous ARP) → [`health`] (checks and
 //! weights) → [`agent`] (wires it together) → [`admin`] (status, metrics).
-//! `main.rs` only parses arguments and calls [`cli::run`].
+//! `main.rs` only parses arguments and calls [`cli::main`].
 
+pub mod admin;
+pub mod agent;
 pub mod cli;
+pub mod config;
 pub mod fsm;
+pub mod health;
+pub mod net;
 pub mod packet;

@@ -5,5 +5,6 @@ use vip::cli::Cli;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    b3_common::daemon::main("vip", &cli.log, |shutdown| vip::cli::run(cli.run, shutdown))
+    let log = cli.log.clone();
+    b3_common::daemon::main("vip", &log, |shutdown| vip::cli::main(cli, shutdown))
 }

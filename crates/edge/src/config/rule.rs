@@ -336,9 +336,13 @@ fn lex(input: &str) -> Result<Vec<Token>, RuleError> {
                 }
                 Kind::Str(s)
             }
-            c if c.is_ascii_alphabetic() => {
+            // Bare words: matcher names, and unquoted arguments (lexed
+            // whole so the error can show the fix, e.g. Host(app.b3.swarm)).
+            c if c.is_ascii_alphanumeric() || "/*._-".contains(c) => {
                 let mut s = String::from(c);
-                while let Some((_, d)) = it.next_if(|&(_, d)| d.is_ascii_alphanumeric()) {
+                while let Some((_, d)) =
+                    it.next_if(|&(_, d)| d.is_ascii_alphanumeric() || "/*._-:".contains(d))
+                {
                     s.push(d);
                 }
                 Kind::Ident(s)
@@ -753,6 +757,8 @@ mod tests {
     #[test]
     fn errors_are_precise() {
         let e = |s: &str| Rule::parse(s).unwrap_err();
+        let err = e("Host(app.b3.swarm)");
+        assert!(err.message.contains("write Host(`app.b3.swarm`)"), "{err}");
         let err = e("Host(app)");
         assert!(err.message.contains("not quoted"), "{err}");
         assert_eq!(err.column, 5);

@@ -90,6 +90,11 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
     t.receive_window(quinn::VarInt::from_u32(64 << 20));
     t.send_window(64 << 20);
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(256));
+    // Probe for jumbo datagrams: loopback and jumbo-frame LANs carry a chunk
+    // in far fewer packets; on a 1500-byte path probing simply stops there.
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(9000);
+    t.mtu_discovery_config(Some(mtu));
     Arc::new(t)
 }
 
@@ -151,6 +156,37 @@ impl Transport {
                 after: timeout,
             }),
         }
+    }
+
+    /// Sends raw bytes as a request (may be a malformed or truncated
+    /// frame) and reads the reply: for tests and diagnostics.
+    pub async fn call_raw(
+        &self,
+        addr: SocketAddr,
+        raw: &[u8],
+        timeout: Duration,
+    ) -> Result<Frame, NetError> {
+        let run = async {
+            let conn = self.connection(addr).await?;
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| NetError::Connect {
+                addr,
+                reason: e.to_string(),
+            })?;
+            send.write_all(raw).await.map_err(|e| NetError::Wire {
+                addr,
+                source: WireError::Io(e.into()),
+            })?;
+            let _ = send.finish();
+            wire::read_frame(&mut recv)
+                .await
+                .map_err(|source| NetError::Wire { addr, source })
+        };
+        tokio::time::timeout(timeout, run)
+            .await
+            .unwrap_or(Err(NetError::Timeout {
+                addr,
+                after: timeout,
+            }))
     }
 
     async fn call_inner(

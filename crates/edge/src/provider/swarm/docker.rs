@@ -365,23 +365,41 @@ impl Events {
     }
 }
 
-/// edge's own container ID, when it runs in one: from `/proc/self/mountinfo`
-/// (Docker bind-mounts `/var/lib/docker/containers/<id>/hostname`), else
-/// `$HOSTNAME` when it looks like a short container ID.
+/// edge's own container ID, when it runs in one: Docker bind-mounts
+/// `/var/lib/docker/containers/<id>/hostname` on the container's
+/// `/etc/hostname`, which `/proc/self/mountinfo` shows; else `$HOSTNAME`
+/// when it looks like a short container ID. (Only the `/etc/hostname` mount
+/// counts: on a host, mountinfo lists other containers' mounts too.)
 pub fn detect_own_container() -> Option<String> {
     if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") {
-        for line in info.lines() {
-            if let Some(pos) = line.find("/containers/") {
-                let rest = &line[pos + "/containers/".len()..];
-                let id: String = rest.chars().take_while(char::is_ascii_hexdigit).collect();
-                if id.len() == 64 {
-                    return Some(id);
-                }
-            }
+        if let Some(id) = container_from_mountinfo(&info) {
+            return Some(id);
         }
     }
     let h = std::env::var("HOSTNAME").ok()?;
     (h.len() == 12 && h.chars().all(|c| c.is_ascii_hexdigit())).then_some(h)
+}
+
+fn container_from_mountinfo(info: &str) -> Option<String> {
+    for line in info.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let (Some(root), Some(mount_point)) = (fields.get(3), fields.get(4)) else {
+            continue;
+        };
+        if *mount_point != "/etc/hostname" {
+            continue;
+        }
+        if let Some(pos) = root.find("/containers/") {
+            let id: String = root[pos + "/containers/".len()..]
+                .chars()
+                .take_while(char::is_ascii_hexdigit)
+                .collect();
+            if id.len() == 64 {
+                return Some(id);
+            }
+        }
+    }
+    None
 }
 
 fn percent_encode(s: &str) -> String {
@@ -673,6 +691,22 @@ mod tests {
         let n: Vec<ApiNetwork> =
             serde_json::from_str(r#"[{"Name":"ingress","Id":"i","Ingress":true}]"#).unwrap();
         assert!(n[0].ingress && n[0].id == "i");
+    }
+
+    #[test]
+    fn own_container_comes_from_the_etc_hostname_mount_only() {
+        let id = "a".repeat(64);
+        let other = "b".repeat(64);
+        let info = format!(
+            "1 0 0:1 / / rw - overlay overlay rw\n\
+             2 1 0:2 /var/lib/docker/containers/{other}/mounts/shm /x/shm rw - tmpfs shm rw\n\
+             3 1 8:1 /var/lib/docker/containers/{id}/hostname /etc/hostname rw - ext4 /dev/sda1 rw\n"
+        );
+        assert_eq!(container_from_mountinfo(&info), Some(id));
+        let host = format!(
+            "2 1 0:2 /var/lib/docker/containers/{other}/mounts/shm /x/shm rw - tmpfs shm rw\n"
+        );
+        assert_eq!(container_from_mountinfo(&host), None);
     }
 
     #[test]

@@ -183,9 +183,29 @@ impl SwarmConfig {
     }
 }
 
+/// Whether the daemon runs the Swarm provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SwarmMode {
+    /// When the Docker socket exists (or a tcp:// DOCKER_HOST is set).
+    Auto,
+    /// Always (keeps retrying while dockerd is unreachable).
+    On,
+    /// Never.
+    Off,
+}
+
 /// Command-line flags of the provider (flatten into the daemon's flags).
 #[derive(Debug, Clone, clap::Args)]
 pub struct SwarmArgs {
+    /// Run the Docker Swarm provider.
+    #[arg(
+        long,
+        env = "EDGE_SWARM",
+        value_enum,
+        default_value = "auto",
+        value_name = "MODE"
+    )]
+    pub swarm: SwarmMode,
     /// Docker Engine endpoint (unix:///path or tcp://host:port; a
     /// docker-socket-proxy works: only GET requests and /events are used).
     #[arg(
@@ -195,15 +215,7 @@ pub struct SwarmArgs {
         value_name = "URL"
     )]
     pub docker_host: String,
-    /// Domain of the default rule Host(`<service>.<domain>`).
-    #[arg(
-        long,
-        env = "EDGE_SWARM_DOMAIN",
-        default_value = "b3.swarm",
-        value_name = "DOMAIN"
-    )]
-    pub swarm_domain: String,
-    /// Default rule template, e.g. "Host(`{{ normalize .Name }}.example.com`)".
+    /// Default rule template; default "Host(`{{ normalize .Name }}.<--domain>`)".
     #[arg(long, env = "EDGE_SWARM_DEFAULT_RULE", value_name = "RULE")]
     pub swarm_default_rule: Option<String>,
     /// Route services that have no edge.enable / traefik.enable label.
@@ -227,17 +239,28 @@ pub struct SwarmArgs {
     pub swarm_refresh: Duration,
 }
 
-impl From<&SwarmArgs> for SwarmConfig {
-    fn from(a: &SwarmArgs) -> Self {
+impl SwarmArgs {
+    /// The provider's settings; `domain` is edge's `--domain` (the default
+    /// rule is ``Host(`<service>.<domain>`)``).
+    pub fn config(&self, domain: &str) -> SwarmConfig {
         SwarmConfig {
-            docker_host: a.docker_host.clone(),
-            domain: a.swarm_domain.clone(),
-            default_rule: a.swarm_default_rule.clone(),
-            exposed_by_default: a.swarm_exposed_by_default,
-            constraints: a.swarm_constraints.clone(),
-            networks: a.swarm_network.clone(),
-            refresh: a.swarm_refresh,
+            docker_host: self.docker_host.clone(),
+            domain: domain.to_string(),
+            default_rule: self.swarm_default_rule.clone(),
+            exposed_by_default: self.swarm_exposed_by_default,
+            constraints: self.swarm_constraints.clone(),
+            networks: self.swarm_network.clone(),
+            refresh: self.swarm_refresh,
             ..SwarmConfig::default()
+        }
+    }
+
+    /// Whether to run the provider, per `--swarm`.
+    pub fn enabled(&self, cfg: &SwarmConfig) -> bool {
+        match self.swarm {
+            SwarmMode::On => true,
+            SwarmMode::Off => false,
+            SwarmMode::Auto => cfg.auto_enabled(),
         }
     }
 }
