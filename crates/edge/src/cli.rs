@@ -279,6 +279,15 @@ pub async fn run(args: RunArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         ];
     }
 
+    // The Swarm provider's snapshots, also served by the admin API.
+    let swarm_cfg = args.swarm.config(&args.domain);
+    let (swarm_tx, swarm_rx) = if args.swarm.enabled(&swarm_cfg) {
+        let (tx, rx) = tokio::sync::watch::channel(crate::swarm::SwarmSnapshot::default());
+        (Some(tx), Some(rx))
+    } else {
+        (None, None)
+    };
+
     let health: b3_common::Health = Arc::new(|| HealthStatus::Ok);
     let admin = AdminServer::bind(
         args.admin_addr,
@@ -288,7 +297,10 @@ pub async fn run(args: RunArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         health,
     )
     .await?
-    .with_handler(crate::admin::handler(rt.clone()));
+    .with_handler(crate::swarm::explain::admin_handler(
+        swarm_rx.clone(),
+        crate::admin::handler(rt.clone()),
+    ));
     tracing::info!(admin = %admin.local_addr()?, web = %web_local, websecure = %secure_local, "edge started");
 
     // Providers feed the aggregator, which swaps routing snapshots.
@@ -315,9 +327,7 @@ pub async fn run(args: RunArgs, shutdown: Shutdown) -> anyhow::Result<()> {
             "no --config-file or --config-dir: serving no routers until a provider adds some"
         ),
     }
-    let swarm_cfg = args.swarm.config(&args.domain);
-    if args.swarm.enabled(&swarm_cfg) {
-        let (tx, rx) = tokio::sync::watch::channel(crate::swarm::SwarmSnapshot::default());
+    if let (Some(tx), Some(rx)) = (swarm_tx, swarm_rx) {
         let sink = source.sink(crate::swarm::PROVIDER);
         tokio::spawn(crate::swarm::forward(rx, move |d| {
             let sink = sink.clone();

@@ -139,6 +139,17 @@ fn swarm_edge_serves_https_to_the_tasks_it_discovers() {
     )
     .unwrap_or_else(|e| panic!("{e}\nedge log:\n{}", edge_log()));
     assert_eq!(hosts.len(), 2);
+    // The admin API explains it too.
+    let api = Command::new("nsenter")
+        .args(["-t", &pid, "-n", "curl", "-s", "--max-time", "5"])
+        .arg("http://127.0.0.1:8090/api/swarm/services/demo")
+        .output()
+        .unwrap();
+    let api = String::from_utf8_lossy(&api.stdout);
+    assert!(
+        api.contains("\"status\": \"routed\"") && api.contains("routed to 2 servers"),
+        "{api}"
+    );
 
     // Scale to 4: four tasks answer; back to 1: one.
     d.run(&["service", "scale", "--detach", "demo=4"]).unwrap();

@@ -177,6 +177,45 @@ pub async fn explain(
     render(&snapshot, service).map_err(anyhow::Error::msg)
 }
 
+/// Wraps the admin API's handler so that it also serves the diagnostics:
+/// `GET /api/swarm/services` (everything, as [`to_json`]) and
+/// `GET /api/swarm/services/<name or ID>` (one service). With no provider
+/// (`rx` is `None`) those paths answer 404 saying how to turn it on.
+pub fn admin_handler(
+    rx: Option<tokio::sync::watch::Receiver<SwarmSnapshot>>,
+    inner: b3_common::admin::Handler,
+) -> b3_common::admin::Handler {
+    use b3_common::admin;
+    use hyper::{Method, StatusCode};
+    std::sync::Arc::new(move |req| {
+        let path = req.uri().path();
+        let ours = path == "/api/swarm/services" || path.starts_with("/api/swarm/services/");
+        if !ours || !(req.method() == Method::GET || req.method() == Method::HEAD) {
+            return inner(req);
+        }
+        let resp = match &rx {
+            None => admin::text(
+                StatusCode::NOT_FOUND,
+                "the Swarm provider is off: start edge with --swarm on (or mount the Docker socket)\n",
+            ),
+            Some(rx) => {
+                let snap = rx.borrow();
+                match path.strip_prefix("/api/swarm/services/") {
+                    None => admin::json(StatusCode::OK, &to_json(&snap)),
+                    Some(name) => match snap.service(name) {
+                        Some(d) => admin::json(StatusCode::OK, d),
+                        None => admin::text(
+                            StatusCode::NOT_FOUND,
+                            format!("no Swarm service named {name:?}\n"),
+                        ),
+                    },
+                }
+            }
+        };
+        Box::pin(async move { resp })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{build, SwarmNetwork, SwarmService, SwarmState};
@@ -244,5 +283,63 @@ mod tests {
             v["services"][1]["issues"][0]["label"],
             "traefik.http.routers.web.rule"
         );
+    }
+
+    #[tokio::test]
+    async fn the_admin_api_serves_the_diagnostics() {
+        let mut snap = SwarmSnapshot {
+            generation: 7,
+            ..SwarmSnapshot::default()
+        };
+        snap.diagnostics.push(ServiceDiagnostic {
+            service: "shop".into(),
+            id: "abcdef012345".into(),
+            status: Status::NoServers,
+            reason: "no running task".into(),
+            routers: Default::default(),
+            servers: vec![],
+            network: None,
+            tasks: Default::default(),
+            issues: vec![],
+        });
+        let (_tx, rx) = tokio::sync::watch::channel(snap);
+        let inner: b3_common::admin::Handler = std::sync::Arc::new(|_req| {
+            Box::pin(async { b3_common::admin::text(hyper::StatusCode::IM_A_TEAPOT, "inner\n") })
+        });
+        let registry = b3_common::admin::registry("edge", "test");
+        let health: b3_common::Health = std::sync::Arc::new(|| b3_common::HealthStatus::Ok);
+        let server = b3_common::AdminServer::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            "edge",
+            "test",
+            registry,
+            health,
+        )
+        .await
+        .unwrap()
+        .with_handler(admin_handler(Some(rx), inner));
+        let addr = server.local_addr().unwrap();
+        let (trigger, shutdown) = b3_common::shutdown::channel();
+        let task = tokio::spawn(server.serve(shutdown));
+        let get = |path: &'static str| {
+            tokio::task::spawn_blocking(move || b3_tests::http::get(addr, path).unwrap())
+        };
+        let all = get("/api/swarm/services").await.unwrap();
+        assert_eq!(all.status, 200);
+        assert!(
+            all.body.contains("\"generation\": 7") && all.body.contains("\"noServers\""),
+            "{}",
+            all.body
+        );
+        let one = get("/api/swarm/services/shop").await.unwrap();
+        assert!(
+            one.status == 200 && one.body.contains("no running task"),
+            "{}",
+            one.body
+        );
+        assert_eq!(get("/api/swarm/services/nope").await.unwrap().status, 404);
+        assert_eq!(get("/api/http/routers").await.unwrap().status, 418);
+        trigger.trigger();
+        let _ = task.await;
     }
 }
