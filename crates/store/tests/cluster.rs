@@ -535,3 +535,52 @@ fn nodes_can_be_taken_out_and_removed() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not hexadecimal"));
 }
+
+#[test]
+fn a_dead_voter_is_replaced_so_the_next_failure_is_survived() {
+    let mut c = Cluster::start(4, &[], &["--voter-grace", "3s"]);
+    assert_eq!(c.put(0, "/objects/v/a", b"a").0, 200);
+    assert_eq!(c.put(0, "/objects/v/b", b"b").0, 200);
+    let ids: Vec<u64> = (0..4).map(|i| c.node_id(i).unwrap()).collect();
+    let s = c.status(0).unwrap();
+    let voters: Vec<u64> = s["raft"]["voters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_u64())
+        .collect();
+    let leader = c.leader_index().unwrap();
+    let victim = (0..4)
+        .find(|i| *i != leader && voters.contains(&ids[*i]))
+        .unwrap();
+    c.kill9(victim);
+    let alive = (0..4).find(|i| *i != victim).unwrap();
+    c.wait_for(
+        Duration::from_secs(30),
+        "dead voter replaced by the learner",
+        |c| {
+            let s = c.status(alive)?;
+            let v: Vec<u64> = s["raft"]["voters"]
+                .as_array()?
+                .iter()
+                .filter_map(|v| v.as_u64())
+                .collect();
+            (v.len() == 3 && !v.contains(&ids[victim])).then_some(())
+        },
+    );
+    // Now lose a second original voter: the group still has a majority.
+    let leader = c.leader_index().unwrap();
+    let s = c.status(leader).unwrap();
+    let voters: Vec<u64> = s["raft"]["voters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_u64())
+        .collect();
+    let second = (0..4)
+        .find(|i| *i != leader && *i != victim && voters.contains(&ids[*i]))
+        .unwrap();
+    c.kill9(second);
+    let (code, _, body) = http(c.nodes[leader].admin, "DELETE", "/objects/v/a", &[], b"").unwrap();
+    assert_eq!(code, 204, "{}", String::from_utf8_lossy(&body));
+}
