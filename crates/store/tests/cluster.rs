@@ -584,3 +584,45 @@ fn a_dead_voter_is_replaced_so_the_next_failure_is_survived() {
     let (code, _, body) = http(c.nodes[leader].admin, "DELETE", "/objects/v/a", &[], b"").unwrap();
     assert_eq!(code, 204, "{}", String::from_utf8_lossy(&body));
 }
+
+#[test]
+fn command_line_mistakes_get_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("d").display().to_string();
+    let out = run(&[
+        "server",
+        "--data-dir",
+        &d,
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-addr",
+        "127.0.0.1:0",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("store init") && err.contains("--join"),
+        "{err}"
+    );
+
+    let out = run(&["init", "--data-dir", &d, "--size", "2", "--min-size", "3"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("min_size must be at most size"));
+
+    assert!(run(&["init", "--data-dir", &d]).status.success());
+    let out = run(&["init", "--data-dir", &d]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already holds a cluster identity"));
+
+    let out = run(&["status", "--server", "127.0.0.1:1"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is `store server` running"));
+
+    let out = run(&[
+        "join-token",
+        "--data-dir",
+        &tmp.path().join("none").display().to_string(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("store init"));
+}
