@@ -394,7 +394,10 @@ fn middlewares_end_to_end() {
         "{out}"
     );
     assert!(lower.contains("x-edge: yes"), "{out}");
-    assert!(lower.contains("content-encoding: gzip"), "{out}");
+    assert!(
+        lower.contains("content-encoding: br"),
+        "curl offers br, edge prefers it: {out}"
+    );
     assert!(out.contains("uri: /headers"), "prefix stripped: {out}");
     let codes: Vec<String> = (0..4)
         .map(|_| {

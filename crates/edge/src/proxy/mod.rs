@@ -420,15 +420,13 @@ pub async fn handle(
         client_ip: ip,
         host: host.clone(),
         https_port: rt.opts.https_port,
-        accept_gzip: parts
-            .headers
-            .get_all(header::ACCEPT_ENCODING)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| {
-                v.split(',')
-                    .any(|e| e.trim().split(';').next() == Some("gzip"))
-            }),
+        accept: middleware::negotiate(
+            parts
+                .headers
+                .get_all(header::ACCEPT_ENCODING)
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        ),
         head: parts.method == Method::HEAD,
         origin: parts.headers.get(header::ORIGIN).cloned(),
         retry: None,
