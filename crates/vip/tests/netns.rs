@@ -328,3 +328,47 @@ fn bad_packets_are_dropped_counted_and_change_nothing() {
     assert!(c.max_holders_since(c.t0) <= 1);
     c.crash(1);
 }
+
+/// The osixia/keepalived `docker run -e KEEPALIVED_…` configuration, with
+/// no flag at all: unicast peers and VIPs in the `#PYTHON2BASH` form.
+#[test]
+fn keepalived_environment_alone_configures_a_unicast_group() {
+    let mut c = Cluster::new(4, 3);
+    for i in 0..3 {
+        responder(&c.lab, i);
+    }
+    let ips = ["10.77.0.1", "10.77.0.2", "10.77.0.3"];
+    for (i, prio) in ["150", "100", "50"].into_iter().enumerate() {
+        let peers: Vec<String> = (0..3)
+            .filter(|&j| j != i)
+            .map(|j| format!("'{}'", ips[j]))
+            .collect();
+        let env = [
+            ("KEEPALIVED_INTERFACE", "eth0".to_string()),
+            ("KEEPALIVED_ROUTER_ID", "77".to_string()),
+            ("KEEPALIVED_PRIORITY", prio.to_string()),
+            (
+                "KEEPALIVED_STATE",
+                if i == 0 { "MASTER" } else { "BACKUP" }.to_string(),
+            ),
+            ("KEEPALIVED_PASSWORD", "d0cker".to_string()),
+            (
+                "KEEPALIVED_UNICAST_PEERS",
+                format!("#PYTHON2BASH:[{}]", peers.join(", ")),
+            ),
+            (
+                "KEEPALIVED_VIRTUAL_IPS",
+                format!("#PYTHON2BASH:['{VIP}/24 dev eth0']"),
+            ),
+        ];
+        c.start_with(i, &[], &env);
+    }
+    c.wait_holder(0, SECS(10), Duration::from_millis(300));
+    let st = c.status(1);
+    assert_eq!(st["mode"], "unicast");
+    assert_eq!(st["vrid"], 77);
+    assert_eq!(st["master"], "10.77.0.1");
+    assert!(read(&c.log(0)).contains("KEEPALIVED_PASSWORD is ignored"));
+    c.crash(0);
+    until_reached(&c.lab, CLIENT, 1, SECS(5));
+}
