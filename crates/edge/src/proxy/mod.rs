@@ -646,7 +646,12 @@ async fn forward(
                 )
             }
         };
-        let mut headers = parts.headers.clone();
+        // The last possible attempt takes the headers; earlier ones copy them.
+        let mut headers = if tried.len() as u32 >= max_attempts {
+            std::mem::take(&mut parts.headers)
+        } else {
+            parts.headers.clone()
+        };
         let host_header = if lb.pass_host_header && !host_raw.is_empty() {
             header_value(host_raw)
         } else {
