@@ -284,6 +284,12 @@ fn bad_packets_are_dropped_counted_and_change_nothing() {
         // Valid, but from a host that is not a peer.
         packet::ipv4_packet(h3, h0, 255, &good(51, h3)),
     ];
+    // Resolve h0's MAC first: packets sent while ARP is pending may be
+    // dropped by the injecting host's own kernel.
+    c.lab
+        .host(CLIENT)
+        .run(&["ping", "-c1", "-W2", &h0.to_string()])
+        .unwrap();
     for _ in 0..3 {
         inject(&c, CLIENT, packets.clone(), h0);
         std::thread::sleep(Duration::from_millis(50));
