@@ -41,8 +41,10 @@ pub use types::{Check, Command, CommandResult, NodeId, NodeInfo, Op, Raft, RaftN
 /// How long a write may wait for a leader to commit it.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A node not heard from for this long is down.
-pub const DOWN_AFTER: Duration = Duration::from_secs(4);
+pub const DOWN_AFTER: Duration = Duration::from_secs(5);
 const HEARTBEAT: Duration = Duration::from_secs(1);
+/// Time a heartbeat may take (generous: a loaded node is not a dead one).
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Errors of cluster operations.
 #[derive(Debug, thiserror::Error)]
@@ -201,13 +203,13 @@ impl Cluster {
         })
     }
 
-    /// Whether node `id` answered a heartbeat recently.
+    /// Whether node `id` answered a heartbeat recently. Right after start,
+    /// before the first heartbeats are back, every node counts as up.
     pub fn is_up(&self, id: NodeId) -> bool {
         if id == self.me.id {
             return true;
         }
-        let seen = self.last_seen.lock().unwrap_or_else(|p| p.into_inner());
-        seen.get(&id).is_some_and(|t| t.elapsed() < DOWN_AFTER)
+        self.down_for(id) < DOWN_AFTER
     }
 
     /// How long node `id` has not answered (since start if never).
@@ -221,7 +223,8 @@ impl Cluster {
             .unwrap_or_else(|| self.started.elapsed())
     }
 
-    fn mark_seen(&self, id: NodeId) {
+    /// Records that node `id` answered (heartbeat or any other request).
+    pub fn mark_seen(&self, id: NodeId) {
         let mut seen = self.last_seen.lock().unwrap_or_else(|p| p.into_inner());
         seen.insert(id, Instant::now());
     }
@@ -430,7 +433,7 @@ impl Cluster {
         let pings = nodes.into_iter().filter(|n| n.id != self.me.id).map(|n| {
             let transport = self.transport.clone();
             async move {
-                let r = rpc::call(&transport, n.addr, &Request::Ping, &[], HEARTBEAT).await;
+                let r = rpc::call(&transport, n.addr, &Request::Ping, &[], PING_TIMEOUT).await;
                 (n.id, r)
             }
         });
