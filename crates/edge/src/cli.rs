@@ -288,7 +288,30 @@ pub async fn run(args: RunArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         (None, None)
     };
 
-    let health: b3_common::Health = Arc::new(|| HealthStatus::Ok);
+    // Serving is what matters to an orchestrator: a rejected configuration
+    // change degrades (still 200) rather than fails, since the last good one
+    // is still routing.
+    let health_rt = rt.clone();
+    let health: b3_common::Health = Arc::new(move || {
+        let rejected: Vec<String> = health_rt
+            .providers
+            .lock()
+            .map(|p| {
+                p.iter()
+                    .filter_map(|(name, st)| {
+                        st.last_error
+                            .as_ref()
+                            .map(|e| format!("provider {name}: last change rejected: {e}"))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if rejected.is_empty() {
+            HealthStatus::Ok
+        } else {
+            HealthStatus::Degraded(rejected.join("; "))
+        }
+    });
     let admin = AdminServer::bind(
         args.admin_addr,
         "edge",

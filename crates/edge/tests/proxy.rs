@@ -394,7 +394,10 @@ fn middlewares_end_to_end() {
         "{out}"
     );
     assert!(lower.contains("x-edge: yes"), "{out}");
-    assert!(lower.contains("content-encoding: gzip"), "{out}");
+    assert!(
+        lower.contains("content-encoding: br"),
+        "curl offers br, edge prefers it: {out}"
+    );
     assert!(out.contains("uri: /headers"), "prefix stripped: {out}");
     let codes: Vec<String> = (0..4)
         .map(|_| {
@@ -451,6 +454,8 @@ fn hot_reload_of_config_and_certificates_without_dropping_requests() {
             .is_some_and(|e| e.contains("http.routers.app.rule") && e.contains("not quoted"))
     });
     assert_eq!(get("/"), "backend b\n");
+    let health = edge.api("/health");
+    assert_eq!(health["status"], "degraded", "{health}");
 
     // Certificates from files, chosen by SNI, reloaded when rewritten.
     let dir = edge.dir.path();

@@ -17,13 +17,14 @@ use crate::admin::{label, Metrics, SharedStatus, Transition, RECENT_TRANSITIONS}
 use crate::config::{Config, VirtualIp};
 use crate::fsm::{Action, Event, Machine, Params, State};
 use crate::health::{self, CheckStatus};
-use crate::net::{self, Arp, Interface, Netlink, VrrpSocket};
+use crate::net::{self, Arp, Interface, LinkEvents, Netlink, VrrpSocket};
 use crate::packet::{self, Advert, DropReason};
 
 /// Time between gratuitous ARPs of one burst.
 pub const GARP_SPACING: Duration = Duration::from_millis(100);
-/// How often the link state is polled.
-pub const LINK_POLL: Duration = Duration::from_millis(100);
+/// How often the link state is polled besides the netlink notifications
+/// (a safety net; notifications report a change at once).
+pub const LINK_POLL: Duration = Duration::from_secs(5);
 /// Longest a notify command may run before it is killed.
 pub const NOTIFY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -42,6 +43,7 @@ struct Agent {
     vips: Vec<(VirtualIp, Interface)>,
     sock: VrrpSocket,
     netlink: Netlink,
+    link_events: LinkEvents,
     arp: Arp,
     metrics: Metrics,
     status: SharedStatus,
@@ -96,6 +98,7 @@ pub async fn run(
     let sock = VrrpSocket::open(&iface, primary, !cfg.peers.is_empty())
         .map_err(|e| perm("opening the VRRP raw socket", e))?;
     let netlink = Netlink::open().map_err(|e| perm("opening rtnetlink", e))?;
+    let link_events = LinkEvents::open().map_err(|e| perm("subscribing to link events", e))?;
     let arp = Arp::open().map_err(|e| perm("opening the ARP socket", e))?;
 
     let mut agent = Agent {
@@ -105,6 +108,7 @@ pub async fn run(
         vips,
         sock,
         netlink,
+        link_events,
         arp,
         metrics,
         status,
@@ -245,21 +249,15 @@ impl Agent {
                     faulted = self.fault_change(&mut m, faulted, check_fault || !link);
                     self.publish(&m, &results, link);
                 }
-                _ = link_poll.tick() => {
-                    let now_up = net::link_up(&self.iface.name);
-                    if now_up != link {
-                        link = now_up;
-                        if link {
-                            tracing::info!(interface = %self.iface.name, "link up");
-                        } else {
-                            tracing::warn!(interface = %self.iface.name, "link down");
-                        }
-                        let (_, check_fault) = health::effective(self.cfg.priority, &checks.borrow());
-                        faulted = self.fault_change(&mut m, faulted, check_fault || !link);
-                        let results = checks.borrow().clone();
-                        self.publish(&m, &results, link);
+                r = self.link_events.next() => {
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "link notifications failed; polling instead");
+                        self.metrics.error("link_events");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
                     }
+                    self.link_check(&mut m, &mut link, &mut faulted, &checks);
                 }
+                _ = link_poll.tick() => self.link_check(&mut m, &mut link, &mut faulted, &checks),
                 _ = tokio::time::sleep_until(garp_at) => self.send_garp(m.state()),
             }
             self.publish_counters(&m);
@@ -268,6 +266,30 @@ impl Agent {
         self.execute(&m, a);
         tracing::info!("VRRP stopped");
         Ok(())
+    }
+
+    /// Re-reads the link state and feeds a change to the machine.
+    fn link_check(
+        &mut self,
+        m: &mut Machine,
+        link: &mut bool,
+        faulted: &mut bool,
+        checks: &watch::Receiver<Vec<CheckStatus>>,
+    ) {
+        let now_up = net::link_up(&self.iface.name);
+        if now_up == *link {
+            return;
+        }
+        *link = now_up;
+        if now_up {
+            tracing::info!(interface = %self.iface.name, "link up");
+        } else {
+            tracing::warn!(interface = %self.iface.name, "link down");
+        }
+        let results = checks.borrow().clone();
+        let (_, check_fault) = health::effective(self.cfg.priority, &results);
+        *faulted = self.fault_change(m, *faulted, check_fault || !now_up);
+        self.publish(m, &results, now_up);
     }
 
     fn fault_change(&mut self, m: &mut Machine, was: bool, is: bool) -> bool {

@@ -263,7 +263,7 @@ impl Config {
                     .to_string(),
             );
         }
-        let preempt = !(raw.nopreempt || kv("KEEPALIVED_NOPREEMPT").is_some_and(|v| is_true(&v)));
+        let preempt = !raw.nopreempt;
 
         Ok(Config {
             interface,
@@ -282,13 +282,6 @@ impl Config {
             warnings,
         })
     }
-}
-
-fn is_true(v: &str) -> bool {
-    matches!(
-        v.trim().to_ascii_lowercase().as_str(),
-        "1" | "true" | "yes" | "on"
-    )
 }
 
 fn parse_range(v: &str, lo: u8, hi: u8, src: &str, what: &str) -> Result<u8, ConfigError> {

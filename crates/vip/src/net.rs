@@ -347,6 +347,86 @@ fn attr(msg: &mut Vec<u8>, kind: u16, data: &[u8]) {
     }
 }
 
+/// Wakes up when any link in the namespace changes (rtnetlink's
+/// `RTMGRP_LINK` group), so link loss is seen at once without polling.
+pub struct LinkEvents {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl LinkEvents {
+    /// Subscribes to link notifications.
+    pub fn open() -> io::Result<LinkEvents> {
+        // SAFETY: plain socket(2) call; the descriptor is owned below.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                libc::NETLINK_ROUTE,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: sockaddr_nl is plain old data; all-zero is valid.
+        let mut addr: libc::sockaddr_nl = unsafe { zeroed() };
+        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        addr.nl_groups = libc::RTMGRP_LINK as u32;
+        // SAFETY: `addr` is a valid sockaddr_nl for the length given.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_nl).cast(),
+                size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the OwnedFd stays open and the same while the AsyncFd
+        // (which owns it) lives.
+        let fd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }?;
+        Ok(LinkEvents { fd })
+    }
+
+    /// Waits for the next batch of link notifications (their content does
+    /// not matter: the caller re-reads the link state).
+    pub async fn next(&self) -> io::Result<()> {
+        let mut buf = [0u8; 8192];
+        loop {
+            let mut guard = self.fd.readable().await?;
+            let mut got = false;
+            // Drain what is queued; an overrun (ENOBUFS) is also a change.
+            for _ in 0..64 {
+                // SAFETY: `buf` is valid for writes of its length.
+                let n = unsafe {
+                    libc::recv(
+                        self.fd.as_raw_fd(),
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                        libc::MSG_DONTWAIT,
+                    )
+                };
+                if n >= 0 {
+                    got = true;
+                    continue;
+                }
+                let e = io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EAGAIN) => break,
+                    Some(libc::ENOBUFS) => got = true,
+                    _ => return Err(e),
+                }
+            }
+            guard.clear_ready();
+            if got {
+                return Ok(());
+            }
+        }
+    }
+}
+
 /// Sends gratuitous ARP (RFC 5227 announcements) on one interface.
 pub struct Arp {
     fd: OwnedFd,

@@ -108,7 +108,9 @@ impl Default for Options {
             eject_duration: Duration::from_secs(10),
             max_connections: 16 * 1024,
             max_h2_streams: 250,
-            pool_max_idle: 256,
+            // Above the in-flight requests of a busy HTTP/2 client load
+            // (64 connections x 10 streams), so the pool does not churn.
+            pool_max_idle: 1024,
         }
     }
 }
@@ -418,15 +420,13 @@ pub async fn handle(
         client_ip: ip,
         host: host.clone(),
         https_port: rt.opts.https_port,
-        accept_gzip: parts
-            .headers
-            .get_all(header::ACCEPT_ENCODING)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| {
-                v.split(',')
-                    .any(|e| e.trim().split(';').next() == Some("gzip"))
-            }),
+        accept: middleware::negotiate(
+            parts
+                .headers
+                .get_all(header::ACCEPT_ENCODING)
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        ),
         head: parts.method == Method::HEAD,
         origin: parts.headers.get(header::ORIGIN).cloned(),
         retry: None,
@@ -646,7 +646,12 @@ async fn forward(
                 )
             }
         };
-        let mut headers = parts.headers.clone();
+        // The last possible attempt takes the headers; earlier ones copy them.
+        let mut headers = if tried.len() as u32 >= max_attempts {
+            std::mem::take(&mut parts.headers)
+        } else {
+            parts.headers.clone()
+        };
         let host_header = if lb.pass_host_header && !host_raw.is_empty() {
             header_value(host_raw)
         } else {
