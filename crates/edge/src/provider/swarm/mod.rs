@@ -826,7 +826,10 @@ pub async fn run(
         )
         .await
         {
-            Ok(()) => return Ok(()),
+            Ok(Ended::Shutdown) => return Ok(()),
+            Ok(Ended::Resubscribe) => {
+                tracing::info!("swarm provider: the periodic re-list found changes no event announced; subscribing to events again");
+            }
             Err(e) => {
                 let msg = e.to_string();
                 tracing::warn!(error = %msg, retry_in = ?backoff, "swarm provider: dockerd unreachable; keeping the last configuration");
@@ -849,9 +852,18 @@ pub async fn run(
     Ok(())
 }
 
+/// Why [`follow`] returned without an error.
+enum Ended {
+    Shutdown,
+    /// The event stream looks dead (a proxy or NAT may drop an idle TCP
+    /// connection without telling): subscribe again.
+    Resubscribe,
+}
+
 /// One connection's worth of following: subscribe, list, then rebuild on
-/// events, on the settle poll and on the refresh timer. Returns `Ok` on
-/// shutdown and the error that ended it otherwise.
+/// events, on the settle poll and on the refresh timer. Returns on
+/// shutdown, when the event stream looks dead, or with the error that
+/// ended it.
 async fn follow(
     client: &docker::Client,
     cfg: &SwarmConfig,
@@ -859,7 +871,7 @@ async fn follow(
     tx: &tokio::sync::watch::Sender<SwarmSnapshot>,
     shutdown: &mut b3_common::Shutdown,
     backoff: &mut Duration,
-) -> Result<(), docker::DockerError> {
+) -> Result<Ended, docker::DockerError> {
     use tokio::time::{sleep_until, Instant};
     // Subscribe first, so that no change between the list and the
     // subscription is missed.
@@ -873,6 +885,8 @@ async fn follow(
     let mut settle_until: Option<Instant> = (!settled(&state)).then(|| Instant::now() + SETTLE_MAX);
     let mut last_event = Instant::now();
     let mut next_refresh = Instant::now() + cfg.refresh;
+    let mut by_timer = false;
+    let mut quiet = true;
     loop {
         let settle_tick = settle_until.map(|_| {
             let every = if last_event.elapsed() < SETTLE_FAST {
@@ -883,7 +897,7 @@ async fn follow(
             (last_rebuild + every).max(Instant::now())
         });
         tokio::select! {
-            _ = shutdown.wait() => return Ok(()),
+            _ = shutdown.wait() => return Ok(Ended::Shutdown),
             ev = events.next() => match ev? {
                 Some(ev) => {
                     tracing::debug!(kind = %ev.kind, action = %ev.action, "docker event");
@@ -894,6 +908,7 @@ async fn follow(
                     rebuild_at.get_or_insert_with(|| (last_rebuild + cfg.debounce).max(Instant::now()));
                     settle_until = Some(Instant::now() + SETTLE_MAX);
                     last_event = Instant::now();
+                    quiet = false;
                     continue;
                 }
                 None => {
@@ -907,12 +922,25 @@ async fn follow(
             _ = sleep_until(settle_tick.unwrap_or(next_refresh)), if settle_tick.is_some() && rebuild_at.is_none() => {}
             _ = sleep_until(next_refresh) => {
                 next_refresh = Instant::now() + cfg.refresh;
+                by_timer = true;
             }
         }
         rebuild_at = None;
         last_rebuild = Instant::now();
-        state = client.fetch_state(container).await?;
+        let next = client.fetch_state(container).await?;
+        // Services or networks that changed with no event since the last
+        // re-list: the stream is probably dead. (Task changes alone can be
+        // silent: tasks on other nodes send no events here.)
+        let silent_change = by_timer
+            && quiet
+            && (next.services != state.services || next.networks != state.networks);
+        state = next;
+        by_timer = false;
+        quiet = true;
         publish(tx, &state, cfg);
+        if silent_change {
+            return Ok(Ended::Resubscribe);
+        }
         if let Some(until) = settle_until {
             if settled(&state) || Instant::now() > until {
                 settle_until = None;
