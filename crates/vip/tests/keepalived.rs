@@ -104,6 +104,7 @@ fn mixed_group(unicast: bool) {
     assert!(ka.contains("Entering BACKUP STATE"), "{ka}");
 
     // Nobody complained about anybody's packets.
+    eprintln!("keepalived's log:\n{}", read(&c.log(0)));
     for line in read(&c.log(0)).lines() {
         let l = line.to_ascii_lowercase();
         assert!(
