@@ -155,6 +155,11 @@ pub struct RunArgs {
     #[arg(long, env = "EDGE_EJECT_DURATION", default_value = "10s", value_parser = duration, value_name = "DURATION")]
     pub eject_duration: Duration,
 
+    /// Accept any certificate from https:// backend servers (for services
+    /// with self-signed certificates; Traefik's insecureSkipVerify).
+    #[arg(long, env = "EDGE_BACKEND_INSECURE_SKIP_VERIFY", default_value_t = false, action = ArgAction::Set, value_name = "BOOL")]
+    pub backend_insecure_skip_verify: bool,
+
     /// Most client connections per entry point (more wait in the kernel backlog).
     #[arg(
         long,
@@ -204,6 +209,7 @@ impl RunArgs {
             max_body_bytes: (self.max_body_bytes > 0).then_some(self.max_body_bytes),
             eject_duration: self.eject_duration,
             max_connections: self.max_connections.max(1),
+            backend_insecure_skip_verify: self.backend_insecure_skip_verify,
             ..Options::default()
         }
     }
@@ -266,7 +272,7 @@ pub async fn run(args: RunArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         certs.clone(),
         metrics,
         AccessLog::start(args.access_log),
-    ));
+    )?);
 
     let web = bind(args.web_addr, "web", "--web-addr").await?;
     let websecure = bind(args.websecure_addr, "websecure", "--websecure-addr").await?;

@@ -490,3 +490,31 @@ fn hot_reload_of_config_and_certificates_without_dropping_requests() {
     });
     assert_ne!(shop(&old).0, 0, "the old certificate is no longer served");
 }
+
+#[test]
+fn https_backends_verified_or_explicitly_not() {
+    let b = tls_backend("secure");
+    let cfg = config(&[&b], "");
+    // Self-signed backend certificate: refused by default (502 naming TLS)...
+    let edge = Edge::start(&cfg, &[]);
+    let (_, out) = curl(&[
+        "-sk",
+        "--resolve",
+        &edge.resolve("app.b3.swarm"),
+        &edge.https("app.b3.swarm", "/"),
+    ]);
+    assert!(
+        out.starts_with("502 bad gateway") && out.contains("TLS"),
+        "{out}"
+    );
+    drop(edge);
+    // ...accepted with --backend-insecure-skip-verify.
+    let edge = Edge::start(&cfg, &["--backend-insecure-skip-verify", "true"]);
+    let (_, out) = curl(&[
+        "-sk",
+        "--resolve",
+        &edge.resolve("app.b3.swarm"),
+        &edge.https("app.b3.swarm", "/headers"),
+    ]);
+    assert!(out.contains("x-forwarded-proto: https"), "{out}");
+}
