@@ -150,7 +150,7 @@ pub struct ServiceLabels {
     pub http: Http,
     /// Server port of each service, when known from labels.
     pub ports: BTreeMap<String, u16>,
-    /// Server scheme of each service (`http`).
+    /// Server scheme of each service (`http` or `https`, lower case).
     pub schemes: BTreeMap<String, String>,
     /// Where each element came from, for messages: (`routers`|`services`|
     /// `middlewares`, name) → family.
@@ -1000,7 +1000,8 @@ pub fn parse(
                         out.ports.insert(name.clone(), p as u16);
                     }
                     if let Some(s) = server.get("scheme").and_then(Value::as_str) {
-                        out.schemes.insert(name.clone(), s.to_string());
+                        out.schemes
+                            .insert(name.clone(), s.trim().to_ascii_lowercase());
                     }
                     if server.contains_key("weight") {
                         dec.warn(
@@ -1234,11 +1235,11 @@ pub fn parse(
         out.http.routers.remove(&name);
     }
     for (name, scheme) in &out.schemes {
-        if !scheme.eq_ignore_ascii_case("http") {
+        if scheme != "http" && scheme != "https" {
             let label = out.label_for("services", name, "loadbalancer.server.scheme");
             dec.err(
                 label.as_deref(),
-                format!("scheme {scheme:?} is not supported: edge talks plain http to tasks; terminate TLS at edge and remove the label"),
+                format!("scheme {scheme:?} is not supported: use http, or https for tasks that only speak TLS"),
             );
         }
     }
@@ -1671,15 +1672,12 @@ mod tests {
     }
 
     #[test]
-    fn https_scheme_and_bad_bools_are_errors() {
+    fn bad_schemes_and_bad_bools_are_errors() {
         let l = parse(
             "s",
             &labels(&[
                 ("traefik.enable", "yes"),
-                (
-                    "traefik.http.services.a.loadbalancer.server.scheme",
-                    "https",
-                ),
+                ("traefik.http.services.a.loadbalancer.server.scheme", "h2c"),
             ]),
             &LabelOptions::default(),
         );
@@ -1688,7 +1686,15 @@ mod tests {
             text.contains("label traefik.enable: expected true or false, got \"yes\""),
             "{text}"
         );
-        assert!(text.contains("scheme \"https\" is not supported"), "{text}");
+        assert!(text.contains("scheme \"h2c\" is not supported"), "{text}");
+        let l = parse_ok(
+            "s",
+            &[(
+                "traefik.http.services.a.loadbalancer.server.scheme",
+                "HTTPS",
+            )],
+        );
+        assert_eq!(l.schemes["a"], "https");
     }
 
     #[test]

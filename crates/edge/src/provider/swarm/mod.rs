@@ -504,14 +504,15 @@ pub fn build(state: &SwarmState, cfg: &SwarmConfig) -> SwarmSnapshot {
                 ));
                 continue;
             };
+            let scheme = lbl.schemes.get(&name).map_or("http", String::as_str);
             if let Some(Service::LoadBalancer(lb)) = lbl.http.services.get_mut(&name) {
                 lb.servers = b
                     .ips
                     .iter()
                     .map(|ip| config::Server {
                         url: match ip {
-                            IpAddr::V4(v4) => format!("http://{v4}:{port}"),
-                            IpAddr::V6(v6) => format!("http://[{v6}]:{port}"),
+                            IpAddr::V4(v4) => format!("{scheme}://{v4}:{port}"),
+                            IpAddr::V6(v6) => format!("{scheme}://[{v6}]:{port}"),
                         },
                         weight: None,
                     })
@@ -1270,6 +1271,29 @@ mod tests {
         let snap = build(&st, &cfg);
         assert_eq!(diag(&snap, "demo").status, Status::Routed);
         assert!(snap.global[0].contains("\"missing\""), "{:?}", snap.global);
+    }
+
+    #[test]
+    fn https_tasks_get_https_server_urls() {
+        let st = state(vec![svc(
+            "s1",
+            "tlsapp",
+            &[
+                ("traefik.enable", "true"),
+                (
+                    "traefik.http.services.tlsapp.loadbalancer.server.port",
+                    "8443",
+                ),
+                (
+                    "traefik.http.services.tlsapp.loadbalancer.server.scheme",
+                    "https",
+                ),
+            ],
+        )]);
+        let snap = build(&st, &SwarmConfig::default());
+        assert_eq!(diag(&snap, "tlsapp").status, Status::Routed);
+        assert_eq!(diag(&snap, "tlsapp").servers[0], "https://10.0.0.2:8443");
+        assert!(config::validate(&snap.dynamic, PROVIDER).is_empty());
     }
 
     #[test]
