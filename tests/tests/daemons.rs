@@ -13,26 +13,54 @@ use b3_tests::process::ChildGuard;
 use b3_tests::wait;
 
 /// The binaries, each with the arguments that run its daemon in a test
-/// (no privileged ports, state under `dir`).
+/// (fresh loopback ports, no privileged ports, state under `dir`) and the
+/// environment variable of its `--admin-addr`.
 fn daemons(dir: &std::path::Path) -> Vec<(&'static str, Vec<String>, &'static str)> {
+    let port = || free_port().unwrap().to_string();
+    let store_dir = dir.join("store");
+    if !store_dir.exists() {
+        let out = Command::new(bin("store").unwrap())
+            .args(["init", "--data-dir"])
+            .arg(&store_dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "store init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     vec![
         (
             "store",
             vec![
                 "server".into(),
                 "--data-dir".into(),
-                dir.join("store").display().to_string(),
+                store_dir.display().to_string(),
+                "--listen".into(),
+                format!("127.0.0.1:{}", port()),
             ],
             "STORE_ADMIN_ADDR",
         ),
-        ("edge", vec![], "EDGE_ADMIN_ADDR"),
+        (
+            "edge",
+            vec![
+                "--web-addr".into(),
+                format!("127.0.0.1:{}", port()),
+                "--websecure-addr".into(),
+                format!("127.0.0.1:{}", port()),
+                "--cert-dir".into(),
+                dir.join("edge-certs").display().to_string(),
+            ],
+            "EDGE_ADMIN_ADDR",
+        ),
         ("vip", vec![], "VIP_ADMIN_ADDR"),
     ]
 }
 
-fn wait_healthy(addr: SocketAddr) -> anyhow::Result<()> {
+fn wait_healthy(name: &str, addr: SocketAddr) -> anyhow::Result<()> {
     wait::until(
-        &format!("{addr}/health"),
+        &format!("{name} to answer on {addr}/health"),
         Duration::from_secs(20),
         Duration::from_millis(50),
         || get(addr, "/health").ok().filter(|r| r.status == 200),
@@ -64,8 +92,8 @@ fn help_and_version() {
 #[test]
 fn health_metrics_and_clean_shutdown_on_both_signals() {
     let tmp = tempfile::tempdir().unwrap();
-    for (name, args, _) in daemons(tmp.path()) {
-        for signal in [libc::SIGTERM, libc::SIGINT] {
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        for (name, args, _) in daemons(tmp.path()) {
             let addr: SocketAddr = format!("127.0.0.1:{}", free_port().unwrap())
                 .parse()
                 .unwrap();
@@ -79,7 +107,7 @@ fn health_metrics_and_clean_shutdown_on_both_signals() {
                     .stderr(Stdio::null()),
             )
             .unwrap();
-            wait_healthy(addr).unwrap();
+            wait_healthy(name, addr).unwrap();
             let health = get(addr, "/health").unwrap();
             assert!(
                 health.body.contains(&format!("\"binary\": \"{name}\"")),
@@ -127,7 +155,7 @@ fn flag_beats_environment_beats_default() {
                 .stderr(Stdio::null()),
         )
         .unwrap();
-        wait_healthy(from_env).unwrap();
+        wait_healthy(name, from_env).unwrap();
         child.kill();
 
         // Flag and environment: the flag wins.
@@ -142,7 +170,7 @@ fn flag_beats_environment_beats_default() {
                 .stderr(Stdio::null()),
         )
         .unwrap();
-        wait_healthy(from_flag).unwrap();
+        wait_healthy(name, from_flag).unwrap();
         assert!(
             get(from_env, "/health").is_err(),
             "{name}: env address must not be used when the flag is given"
@@ -202,7 +230,7 @@ fn json_logs_are_one_object_per_line() {
                 .stderr(std::fs::File::create(&log).unwrap()),
         )
         .unwrap();
-        wait_healthy(addr).unwrap();
+        wait_healthy(name, addr).unwrap();
         child.signal(libc::SIGTERM).unwrap();
         child.wait_timeout(Duration::from_secs(10)).unwrap();
         let text = std::fs::read_to_string(&log).unwrap();

@@ -139,14 +139,17 @@ fn start_cluster(bin: &Path, base: &Path) -> anyhow::Result<(Servers, Vec<Socket
     }
     let start = Instant::now();
     loop {
-        let ok = Conn::open(admins[0])
-            .and_then(|mut c| c.request("GET", "/v1/status", b""))
-            .ok()
-            .and_then(|(code, body)| {
-                let s: serde_json::Value = serde_json::from_slice(&body).ok()?;
-                (code == 200 && s["nodes_up"] == 3 && s["pgs_clean"] == 256).then_some(())
-            });
-        if ok.is_some() {
+        let ok = admins.iter().all(|a| {
+            Conn::open(*a)
+                .and_then(|mut c| c.request("GET", "/v1/status", b""))
+                .ok()
+                .and_then(|(code, body)| {
+                    let s: serde_json::Value = serde_json::from_slice(&body).ok()?;
+                    (code == 200 && s["nodes_up"] == 3 && s["pgs_clean"] == 256).then_some(())
+                })
+                .is_some()
+        });
+        if ok {
             break;
         }
         if start.elapsed() > Duration::from_secs(60) {

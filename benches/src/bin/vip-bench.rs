@@ -118,31 +118,33 @@ fn responders(lab: &Lab) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Which node answers on the VIP, from the client.
-fn reach(lab: &Lab) -> Option<usize> {
-    in_ns(lab.host(CLIENT).ns(), || {
-        let mut s =
-            TcpStream::connect_timeout(&SocketAddr::from((VIP, PORT)), Duration::from_millis(100))
-                .ok()?;
-        s.set_read_timeout(Some(Duration::from_millis(300))).ok()?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).ok()?;
-        out.trim().strip_prefix('h')?.parse().ok()
-    })
-    .ok()
-    .flatten()
+/// Which node answers on the VIP (call from inside the client namespace).
+/// A LAN answers a SYN in well under a millisecond; the short timeout keeps
+/// the resolution fine while SYNs still go to a node that gave the VIP up.
+fn reach_here() -> Option<usize> {
+    let mut s =
+        TcpStream::connect_timeout(&SocketAddr::from((VIP, PORT)), Duration::from_millis(10))
+            .ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(300))).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.trim().strip_prefix('h')?.parse().ok()
 }
 
-/// Polls until node `want` answers; returns when it first did.
+/// Polls from the client until node `want` answers; returns when it first
+/// did. The whole loop runs on one thread inside the client namespace.
 fn until_reached(lab: &Lab, want: usize, timeout: Duration) -> anyhow::Result<Instant> {
     let t0 = Instant::now();
-    while t0.elapsed() < timeout {
-        if reach(lab) == Some(want) {
-            return Ok(Instant::now());
+    let got = in_ns(lab.host(CLIENT).ns(), || {
+        while t0.elapsed() < timeout {
+            if reach_here() == Some(want) {
+                return Some(Instant::now());
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    bail!("the client did not reach h{want} on the VIP within {timeout:?}")
+        None
+    })?;
+    got.with_context(|| format!("the client did not reach h{want} on the VIP within {timeout:?}"))
 }
 
 fn start(lab: &Lab, dir: &Path, which: Impl, i: usize) -> anyhow::Result<Node> {

@@ -155,6 +155,11 @@ pub struct RunArgs {
     #[arg(long, env = "EDGE_EJECT_DURATION", default_value = "10s", value_parser = duration, value_name = "DURATION")]
     pub eject_duration: Duration,
 
+    /// Accept any certificate from https:// backend servers (for services
+    /// with self-signed certificates; Traefik's insecureSkipVerify).
+    #[arg(long, env = "EDGE_BACKEND_INSECURE_SKIP_VERIFY", default_value_t = false, action = ArgAction::Set, value_name = "BOOL")]
+    pub backend_insecure_skip_verify: bool,
+
     /// Most client connections per entry point (more wait in the kernel backlog).
     #[arg(
         long,
@@ -163,6 +168,31 @@ pub struct RunArgs {
         value_name = "N"
     )]
     pub max_connections: usize,
+
+    /// Swarm provider settings.
+    #[command(flatten)]
+    pub swarm: crate::swarm::SwarmArgs,
+
+    /// A one-shot command instead of running the proxy.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// One-shot commands.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Explain why a Swarm service is (not) routed, and how to fix it.
+    /// Reads dockerd directly with the same flags and EDGE_* environment as
+    /// the daemon, so `docker exec <edge> edge explain shop` sees what the
+    /// running edge sees.
+    Explain {
+        /// Service name or ID; without it, every service that needs
+        /// attention and a one-line summary of the others.
+        service: Option<String>,
+        /// Print the diagnostics as JSON (as /api/swarm/services serves them).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 impl RunArgs {
@@ -179,6 +209,7 @@ impl RunArgs {
             max_body_bytes: (self.max_body_bytes > 0).then_some(self.max_body_bytes),
             eject_duration: self.eject_duration,
             max_connections: self.max_connections.max(1),
+            backend_insecure_skip_verify: self.backend_insecure_skip_verify,
             ..Options::default()
         }
     }
@@ -220,6 +251,14 @@ async fn bind(addr: SocketAddr, name: &str, flag: &str) -> anyhow::Result<tokio:
 
 /// Runs the proxy until `shutdown` fires.
 pub async fn run(args: RunArgs, shutdown: Shutdown) -> anyhow::Result<()> {
+    if let Some(Command::Explain { service, json }) = &args.command {
+        let cfg = args.swarm.config(&args.domain);
+        print!(
+            "{}",
+            crate::swarm::explain::explain(&cfg, service.as_deref(), *json).await?
+        );
+        return Ok(());
+    }
     // Several crates may try; the first install wins, which is fine.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut registry = admin::registry("edge", env!("CARGO_PKG_VERSION"));
@@ -233,7 +272,7 @@ pub async fn run(args: RunArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         certs.clone(),
         metrics,
         AccessLog::start(args.access_log),
-    ));
+    )?);
 
     let web = bind(args.web_addr, "web", "--web-addr").await?;
     let websecure = bind(args.websecure_addr, "websecure", "--websecure-addr").await?;
@@ -246,7 +285,39 @@ pub async fn run(args: RunArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         ];
     }
 
-    let health: b3_common::Health = Arc::new(|| HealthStatus::Ok);
+    // The Swarm provider's snapshots, also served by the admin API.
+    let swarm_cfg = args.swarm.config(&args.domain);
+    let (swarm_tx, swarm_rx) = if args.swarm.enabled(&swarm_cfg) {
+        let (tx, rx) = tokio::sync::watch::channel(crate::swarm::SwarmSnapshot::default());
+        (Some(tx), Some(rx))
+    } else {
+        (None, None)
+    };
+
+    // Serving is what matters to an orchestrator: a rejected configuration
+    // change degrades (still 200) rather than fails, since the last good one
+    // is still routing.
+    let health_rt = rt.clone();
+    let health: b3_common::Health = Arc::new(move || {
+        let rejected: Vec<String> = health_rt
+            .providers
+            .lock()
+            .map(|p| {
+                p.iter()
+                    .filter_map(|(name, st)| {
+                        st.last_error
+                            .as_ref()
+                            .map(|e| format!("provider {name}: last change rejected: {e}"))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if rejected.is_empty() {
+            HealthStatus::Ok
+        } else {
+            HealthStatus::Degraded(rejected.join("; "))
+        }
+    });
     let admin = AdminServer::bind(
         args.admin_addr,
         "edge",
@@ -255,7 +326,10 @@ pub async fn run(args: RunArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         health,
     )
     .await?
-    .with_handler(crate::admin::handler(rt.clone()));
+    .with_handler(crate::swarm::explain::admin_handler(
+        swarm_rx.clone(),
+        crate::admin::handler(rt.clone()),
+    ));
     tracing::info!(admin = %admin.local_addr()?, web = %web_local, websecure = %secure_local, "edge started");
 
     // Providers feed the aggregator, which swaps routing snapshots.
@@ -281,6 +355,19 @@ pub async fn run(args: RunArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         None => tracing::info!(
             "no --config-file or --config-dir: serving no routers until a provider adds some"
         ),
+    }
+    if let (Some(tx), Some(rx)) = (swarm_tx, swarm_rx) {
+        let sink = source.sink(crate::swarm::PROVIDER);
+        tokio::spawn(crate::swarm::forward(rx, move |d| {
+            let sink = sink.clone();
+            async move { sink.push(d).await }
+        }));
+        let swarm_shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::swarm::run(swarm_cfg, tx, swarm_shutdown).await {
+                tracing::error!(error = format!("{e:#}"), "swarm provider not started");
+            }
+        });
     }
     let agg_rt = rt.clone();
     let mut agg_shutdown = shutdown.clone();

@@ -12,3 +12,5 @@ pub mod config;
 pub mod provider;
 pub mod proxy;
 pub mod tls;
+
+pub use provider::swarm;

@@ -54,7 +54,14 @@ fn malformed_requests_oversized_headers_and_long_uris() {
     let b = backend("one");
     let edge = Edge::start(
         &cfg(&b),
-        &["--max-header-bytes", "16384", "--max-uri-bytes", "4096"],
+        &[
+            "--max-header-bytes",
+            "16384",
+            "--max-uri-bytes",
+            "4096",
+            "--max-body-bytes",
+            "100000",
+        ],
     );
     let r = raw(edge.web, b"NOT HTTP AT ALL\r\n\r\n");
     assert!(r.is_empty() || r.starts_with("HTTP/1.1 400"), "{r}");
@@ -77,6 +84,13 @@ fn malformed_requests_oversized_headers_and_long_uris() {
     );
     let r = raw(edge.web, big.as_bytes());
     assert!(r.is_empty() || r.starts_with("HTTP/1.1 431"), "{r}");
+    // A declared body over --max-body-bytes is refused before it is read.
+    let body = format!(
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\nConnection: close\r\n\r\n{}",
+        "b".repeat(1000)
+    );
+    let r = raw(edge.web, body.as_bytes());
+    assert!(r.starts_with("HTTP/1.1 413"), "{r}");
     let long = format!(
         "GET /{} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         "p".repeat(8000)

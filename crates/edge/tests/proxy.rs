@@ -394,7 +394,10 @@ fn middlewares_end_to_end() {
         "{out}"
     );
     assert!(lower.contains("x-edge: yes"), "{out}");
-    assert!(lower.contains("content-encoding: gzip"), "{out}");
+    assert!(
+        lower.contains("content-encoding: br"),
+        "curl offers br, edge prefers it: {out}"
+    );
     assert!(out.contains("uri: /headers"), "prefix stripped: {out}");
     let codes: Vec<String> = (0..4)
         .map(|_| {
@@ -451,6 +454,8 @@ fn hot_reload_of_config_and_certificates_without_dropping_requests() {
             .is_some_and(|e| e.contains("http.routers.app.rule") && e.contains("not quoted"))
     });
     assert_eq!(get("/"), "backend b\n");
+    let health = edge.api("/health");
+    assert_eq!(health["status"], "degraded", "{health}");
 
     // Certificates from files, chosen by SNI, reloaded when rewritten.
     let dir = edge.dir.path();
@@ -484,4 +489,32 @@ fn hot_reload_of_config_and_certificates_without_dropping_requests() {
         shop(&crt).1 == "backend b\n"
     });
     assert_ne!(shop(&old).0, 0, "the old certificate is no longer served");
+}
+
+#[test]
+fn https_backends_verified_or_explicitly_not() {
+    let b = tls_backend("secure");
+    let cfg = config(&[&b], "");
+    // Self-signed backend certificate: refused by default (502 naming TLS)...
+    let edge = Edge::start(&cfg, &[]);
+    let (_, out) = curl(&[
+        "-sk",
+        "--resolve",
+        &edge.resolve("app.b3.swarm"),
+        &edge.https("app.b3.swarm", "/"),
+    ]);
+    assert!(
+        out.starts_with("502 bad gateway") && out.contains("TLS"),
+        "{out}"
+    );
+    drop(edge);
+    // ...accepted with --backend-insecure-skip-verify.
+    let edge = Edge::start(&cfg, &["--backend-insecure-skip-verify", "true"]);
+    let (_, out) = curl(&[
+        "-sk",
+        "--resolve",
+        &edge.resolve("app.b3.swarm"),
+        &edge.https("app.b3.swarm", "/headers"),
+    ]);
+    assert!(out.contains("x-forwarded-proto: https"), "{out}");
 }

@@ -151,6 +151,11 @@ pub struct ServerArgs {
     /// Snapshot the metadata (and compact the log) every N entries.
     #[arg(long, env = "STORE_SNAPSHOT_EVERY", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
     pub snapshot_every: u64,
+
+    /// A metadata voter down this long is replaced by an up-to-date learner
+    /// (clusters of 4+ nodes).
+    #[arg(long, env = "STORE_VOTER_GRACE", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub voter_grace: Duration,
 }
 
 /// Flags of the admin commands.

@@ -284,7 +284,10 @@ impl Replicator {
         )
         .await
         {
-            Ok((Reply::Done, _)) => Ok(()),
+            Ok((Reply::Done, _)) => {
+                self.cluster.mark_seen(node.id);
+                Ok(())
+            }
             Ok((other, _)) => Err(format!("unexpected reply {other:?}")),
             Err(e) => Err(e.to_string()),
         }

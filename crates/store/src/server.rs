@@ -64,6 +64,7 @@ pub async fn run(args: ServerArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         heartbeat_ms: (election_ms / 5).max(20),
         election_ms,
         snapshot_every: args.snapshot_every,
+        voter_grace: args.voter_grace,
     };
     let cluster = Cluster::start(
         identity.clone(),

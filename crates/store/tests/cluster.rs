@@ -535,3 +535,94 @@ fn nodes_can_be_taken_out_and_removed() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not hexadecimal"));
 }
+
+#[test]
+fn a_dead_voter_is_replaced_so_the_next_failure_is_survived() {
+    let mut c = Cluster::start(4, &[], &["--voter-grace", "3s"]);
+    assert_eq!(c.put(0, "/objects/v/a", b"a").0, 200);
+    assert_eq!(c.put(0, "/objects/v/b", b"b").0, 200);
+    let ids: Vec<u64> = (0..4).map(|i| c.node_id(i).unwrap()).collect();
+    let s = c.status(0).unwrap();
+    let voters: Vec<u64> = s["raft"]["voters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_u64())
+        .collect();
+    let leader = c.leader_index().unwrap();
+    let victim = (0..4)
+        .find(|i| *i != leader && voters.contains(&ids[*i]))
+        .unwrap();
+    c.kill9(victim);
+    let alive = (0..4).find(|i| *i != victim).unwrap();
+    c.wait_for(
+        Duration::from_secs(30),
+        "dead voter replaced by the learner",
+        |c| {
+            let s = c.status(alive)?;
+            let v: Vec<u64> = s["raft"]["voters"]
+                .as_array()?
+                .iter()
+                .filter_map(|v| v.as_u64())
+                .collect();
+            (v.len() == 3 && !v.contains(&ids[victim])).then_some(())
+        },
+    );
+    // Now lose a second original voter: the group still has a majority.
+    let leader = c.leader_index().unwrap();
+    let s = c.status(leader).unwrap();
+    let voters: Vec<u64> = s["raft"]["voters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_u64())
+        .collect();
+    let second = (0..4)
+        .find(|i| *i != leader && *i != victim && voters.contains(&ids[*i]))
+        .unwrap();
+    c.kill9(second);
+    let (code, _, body) = http(c.nodes[leader].admin, "DELETE", "/objects/v/a", &[], b"").unwrap();
+    assert_eq!(code, 204, "{}", String::from_utf8_lossy(&body));
+}
+
+#[test]
+fn command_line_mistakes_get_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("d").display().to_string();
+    let out = run(&[
+        "server",
+        "--data-dir",
+        &d,
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-addr",
+        "127.0.0.1:0",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("store init") && err.contains("--join"),
+        "{err}"
+    );
+
+    let out = run(&["init", "--data-dir", &d, "--size", "2", "--min-size", "3"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("min_size must be at most size"));
+
+    assert!(run(&["init", "--data-dir", &d]).status.success());
+    let out = run(&["init", "--data-dir", &d]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already holds a cluster identity"));
+
+    let out = run(&["status", "--server", "127.0.0.1:1"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is `store server` running"));
+
+    let out = run(&[
+        "join-token",
+        "--data-dir",
+        &tmp.path().join("none").display().to_string(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("store init"));
+}

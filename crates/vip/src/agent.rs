@@ -37,6 +37,9 @@ pub struct SetupError(pub String);
 /// Everything the running agent owns.
 struct Agent {
     cfg: Config,
+    /// Unicast to `cfg.peers` (which may be empty if only this node was
+    /// listed) instead of multicast.
+    unicast: bool,
     iface: Interface,
     primary: Ipv4Addr,
     /// Each virtual IP with the interface it lives on.
@@ -56,7 +59,7 @@ struct Agent {
 
 /// Opens everything, then runs VRRP until `shutdown` fires.
 pub async fn run(
-    cfg: Config,
+    mut cfg: Config,
     metrics: Metrics,
     status: SharedStatus,
     shutdown: Shutdown,
@@ -78,6 +81,12 @@ pub async fn run(
                 iface.name
             ))
         })?;
+    // osixia's examples give every node the same peer list, own address
+    // included: unicast to ourselves would only be dropped again.
+    let unicast = !cfg.peers.is_empty();
+    let own = net::ipv4_addresses(&iface.name).unwrap_or_default();
+    cfg.peers
+        .retain(|p| !own.contains(p) || vip_addrs.contains(p));
     let mut vips = Vec::new();
     for v in &cfg.virtual_ips {
         let dev = match &v.dev {
@@ -95,7 +104,7 @@ pub async fn run(
             "{what}: {e} (vip needs CAP_NET_RAW and CAP_NET_ADMIN: run as root or with `--cap-add NET_ADMIN --cap-add NET_RAW --network host`)"
         )
     };
-    let sock = VrrpSocket::open(&iface, primary, !cfg.peers.is_empty())
+    let sock = VrrpSocket::open(&iface, primary, unicast)
         .map_err(|e| perm("opening the VRRP raw socket", e))?;
     let netlink = Netlink::open().map_err(|e| perm("opening rtnetlink", e))?;
     let link_events = LinkEvents::open().map_err(|e| perm("subscribing to link events", e))?;
@@ -103,6 +112,7 @@ pub async fn run(
 
     let mut agent = Agent {
         cfg,
+        unicast,
         iface,
         primary,
         vips,
@@ -125,10 +135,10 @@ pub async fn run(
         st.vrrp_enabled = true;
         st.primary = Some(primary.to_string());
         st.virtual_ips = agent.vips.iter().map(|(v, _)| v.to_string()).collect();
-        st.mode = if agent.cfg.peers.is_empty() {
-            "multicast"
-        } else {
+        st.mode = if agent.unicast {
             "unicast"
+        } else {
+            "multicast"
         };
         st.peers = agent.cfg.peers.iter().map(|p| p.to_string()).collect();
         st.preempt = agent.cfg.preempt;
@@ -312,7 +322,7 @@ impl Agent {
             Ok(rx) => {
                 let reason = if rx.src == self.primary {
                     Some(DropReason::Own)
-                } else if !self.cfg.peers.is_empty() && !self.cfg.peers.contains(&rx.src) {
+                } else if self.unicast && !self.cfg.peers.contains(&rx.src) {
                     Some(DropReason::NotPeer)
                 } else {
                     None
@@ -357,7 +367,7 @@ impl Agent {
             max_adver_int: self.cfg.advert_int,
             addresses: self.vips.iter().map(|(v, _)| v.addr).take(255).collect(),
         };
-        let dests: Vec<Ipv4Addr> = if self.cfg.peers.is_empty() {
+        let dests: Vec<Ipv4Addr> = if !self.unicast {
             vec![packet::MULTICAST_GROUP]
         } else {
             self.cfg.peers.clone()

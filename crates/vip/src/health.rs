@@ -365,6 +365,58 @@ mod tests {
             .is_err());
     }
 
+    /// The HTTPS probe completes a real handshake with a self-signed
+    /// certificate (the local edge's case) and reads the status.
+    #[tokio::test]
+    async fn probes_https_with_a_self_signed_certificate() {
+        let ck = rcgen::generate_simple_self_signed(vec!["edge.local".into()]).unwrap();
+        let key = rustls_pki_types::PrivateKeyDer::Pkcs8(
+            rustls_pki_types::PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()),
+        );
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![ck.cert.der().clone()], key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            for _ in 0..2 {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    continue;
+                };
+                let mut buf = [0u8; 512];
+                let _ = tls.read(&mut buf).await;
+                let _ = tls.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+                let _ = tls.shutdown().await;
+            }
+        });
+        let ok = parse_check(&format!("https://{addr}/,status=204")).unwrap();
+        assert_eq!(probe(&ok.probe).await, Ok(()));
+        let wrong = parse_check(&format!("https://{addr}/")).unwrap();
+        let e = probe(&wrong.probe).await.unwrap_err();
+        assert!(e.contains("204"), "{e}");
+        // Plain TCP on a port that speaks no TLS fails the handshake.
+        let plain = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let paddr = plain.local_addr().unwrap();
+        tokio::spawn(async move {
+            if let Ok((mut s, _)) = plain.accept().await {
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await;
+            }
+        });
+        let e = probe(&parse_check(&format!("https://{paddr}/")).unwrap().probe)
+            .await
+            .unwrap_err();
+        assert!(e.contains("TLS"), "{e}");
+    }
+
     #[tokio::test]
     async fn fall_and_rise_gate_changes() {
         let dir = tempfile::tempdir().unwrap();
@@ -386,8 +438,14 @@ mod tests {
                     .expect("channel open");
             }
         };
-        // Let the first probe run.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Let the first probe succeed (it alone decides the initial result).
+        for _ in 0..1000 {
+            if rx.borrow().first().is_some_and(|c| c.streak > 0) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(rx.borrow()[0].streak > 0, "the first probe ran");
         std::fs::remove_file(&flag).unwrap();
         let t = std::time::Instant::now();
         wait_for(&mut rx, false).await;

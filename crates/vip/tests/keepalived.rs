@@ -98,12 +98,13 @@ fn mixed_group(unicast: bool) {
     let t = Instant::now();
     ours(&mut c, 2, "120");
     c.wait_holder(2, SECS(10), Duration::from_millis(500));
-    assert!(c.longest_overlap(t, Instant::now()) < Duration::from_millis(50));
+    assert!(c.longest_overlap(t, Instant::now()) < Duration::from_millis(100));
     until_reached(&c.lab, 3, 2, SECS(5));
     let ka = read(&c.log(0));
     assert!(ka.contains("Entering BACKUP STATE"), "{ka}");
 
     // Nobody complained about anybody's packets.
+    eprintln!("keepalived's log:\n{}", read(&c.log(0)));
     for line in read(&c.log(0)).lines() {
         let l = line.to_ascii_lowercase();
         assert!(

@@ -904,22 +904,29 @@ pub struct ServerUrl {
     pub host: String,
     /// Port.
     pub port: u16,
+    /// `https://`: TLS to the server.
+    pub tls: bool,
 }
 
-/// Parses `http://host:port` (port defaults to 80).
+/// Parses `http://host:port` or `https://host:port` (port defaults to 80 / 443).
 pub fn parse_server_url(url: &str) -> Result<ServerUrl, String> {
     let uri: http::Uri = url
         .parse()
         .map_err(|e| format!("{url:?} is not a URL ({e}); write e.g. http://10.0.1.5:8080"))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") | Some("h2c") => {
+    let tls = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        Some("h2c") => {
             return Err(format!(
-                "{url:?}: only http:// backends are supported for now; terminate TLS at edge and talk plain HTTP to the service"
+                "{url:?}: h2c:// backends are not supported; use http:// (HTTP/1.1 with keep-alive)"
             ))
         }
-        _ => return Err(format!("{url:?} has no http:// scheme; write e.g. http://10.0.1.5:8080")),
-    }
+        _ => {
+            return Err(format!(
+                "{url:?} has no http:// or https:// scheme; write e.g. http://10.0.1.5:8080"
+            ))
+        }
+    };
     let Some(auth) = uri.authority() else {
         return Err(format!("{url:?} has no host"));
     };
@@ -928,7 +935,7 @@ pub fn parse_server_url(url: &str) -> Result<ServerUrl, String> {
             "{url:?}: a server URL cannot have a path; use the addPrefix middleware"
         ));
     }
-    let port = auth.port_u16().unwrap_or(80);
+    let port = auth.port_u16().unwrap_or(if tls { 443 } else { 80 });
     let host = auth.host().to_string();
     let authority = format!("{}:{port}", auth.host())
         .parse()
@@ -937,6 +944,7 @@ pub fn parse_server_url(url: &str) -> Result<ServerUrl, String> {
         authority,
         host,
         port,
+        tls,
     })
 }
 
@@ -1056,7 +1064,7 @@ http:
     a: { rule: "Host(app)", service: missing, middlewares: [nomw], entryPoints: [webz] }
     b: { rule: "Host(`b`)", service: other@swarm }
   services:
-    s: { loadBalancer: { servers: [ { url: "https://x" }, { url: "http://y/path" } ] } }
+    s: { loadBalancer: { servers: [ { url: "h2c://x" }, { url: "http://y/path" } ] } }
   middlewares:
     r: { rateLimit: { average: 0 } }
     i: { ipAllowList: { sourceRange: ["nope"] } }
@@ -1092,6 +1100,8 @@ http:
         assert_eq!(u.authority.as_str(), "10.0.0.5:8080");
         assert_eq!(parse_server_url("http://app").unwrap().port, 80);
         assert!(parse_server_url("10.0.0.5:80").is_err());
+        let s = parse_server_url("https://portainer").unwrap();
+        assert!(s.tls && s.port == 443);
         assert!(parse_server_url("ftp://x").is_err());
     }
 

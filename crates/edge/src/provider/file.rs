@@ -5,7 +5,7 @@
 //! listed; the last good configuration keeps serving.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use crate::config::{self, Dynamic, Format};
@@ -151,11 +151,6 @@ pub async fn run(loc: Location, interval: Duration, sink: Sink, mut shutdown: b3
             _ = tokio::time::sleep(interval) => {}
         }
     }
-}
-
-/// Whether `p` exists (for start-up checks).
-pub fn exists(p: &Path) -> bool {
-    p.exists()
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! them as `name@provider`, as Traefik does.
 
 pub mod file;
+pub mod swarm;
 
 use tokio::sync::mpsc;
 

@@ -70,7 +70,16 @@ pub async fn run(rt: Arc<Runtime>, mut shutdown: b3_common::Shutdown) {
 async fn check(rt: &Runtime, service: &str, s: &Arc<ServerState>, hc: &crate::config::HealthCheck) {
     let timeout = hc.timeout.map(|d| d.0).unwrap_or(Duration::from_secs(5));
     let port = hc.port.unwrap_or(s.addr.port);
-    let uri = format!("http://{}:{port}{}", s.addr.host, hc.path);
+    let tls = match hc.scheme.as_deref() {
+        Some(sc) => sc == "https",
+        None => s.addr.tls,
+    };
+    let uri = format!(
+        "{}://{}:{port}{}",
+        if tls { "https" } else { "http" },
+        s.addr.host,
+        hc.path
+    );
     let result: Result<(), String> = async {
         let mut req = Request::new(empty());
         *req.uri_mut() = uri

@@ -108,6 +108,12 @@ pub async fn serve(ep: EntryPoint, rt: Arc<Runtime>, mut shutdown: b3_common::Sh
                     match hs {
                         Ok(Ok(s)) => {
                             count_handshake(&rt_hs, "ok");
+                            // ALPN already chose the protocol: skip sniffing for the HTTP/2 preface.
+                            let builder = match s.get_ref().1.alpn_protocol() {
+                                Some(b"h2") => builder.http2_only(),
+                                Some(b"http/1.1") => builder.http1_only(),
+                                _ => builder,
+                            };
                             let c =
                                 builder.serve_connection_with_upgrades(TokioIo::new(s), service);
                             watcher.watch(c.into_owned()).await

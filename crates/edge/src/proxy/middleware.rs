@@ -36,14 +36,68 @@ pub struct Ctx {
     pub host: String,
     /// The HTTPS entry point's public port (for redirects).
     pub https_port: u16,
-    /// The client accepts gzip.
-    pub accept_gzip: bool,
+    /// The best compression the client accepts.
+    pub accept: Option<Encoding>,
     /// A HEAD request.
     pub head: bool,
     /// CORS: the request's Origin header.
     pub origin: Option<HeaderValue>,
     /// Set by the retry middleware: attempts and first back-off.
     pub retry: Option<(u32, Duration)>,
+}
+
+/// A content coding the compress middleware can produce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// brotli (preferred: smaller).
+    Br,
+    /// gzip.
+    Gzip,
+}
+
+impl Encoding {
+    fn token(self) -> &'static str {
+        match self {
+            Encoding::Br => "br",
+            Encoding::Gzip => "gzip",
+        }
+    }
+}
+
+/// Picks br, else gzip, from `Accept-Encoding` values (q=0 refuses).
+pub fn negotiate<'a>(values: impl Iterator<Item = &'a str>) -> Option<Encoding> {
+    let (mut br, mut gzip) = (false, false);
+    for v in values {
+        for item in v.split(',') {
+            let mut parts = item.split(';');
+            let name = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+            let refused = parts.any(|p| {
+                let p = p.trim();
+                p.strip_prefix("q=")
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            if refused {
+                continue;
+            }
+            match name.as_str() {
+                "br" => br = true,
+                "gzip" | "x-gzip" => gzip = true,
+                "*" => {
+                    br = true;
+                    gzip = true
+                }
+                _ => {}
+            }
+        }
+    }
+    if br {
+        Some(Encoding::Br)
+    } else if gzip {
+        Some(Encoding::Gzip)
+    } else {
+        None
+    }
 }
 
 /// A compiled middleware.
@@ -627,7 +681,8 @@ fn decode_basic(v: &HeaderValue) -> Option<(String, String)> {
 }
 
 fn compress(ctx: &Ctx, resp: &mut Response<Body>, excluded: &[String], min_bytes: u64) {
-    if !ctx.accept_gzip || ctx.head {
+    let Some(encoding) = ctx.accept else { return };
+    if ctx.head {
         return;
     }
     let st = resp.status();
@@ -664,32 +719,76 @@ fn compress(ctx: &Ctx, resp: &mut Response<Body>, excluded: &[String], min_bytes
     }
     let hd = resp.headers_mut();
     hd.remove(header::CONTENT_LENGTH);
-    hd.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    hd.insert(
+        header::CONTENT_ENCODING,
+        HeaderValue::from_static(encoding.token()),
+    );
     hd.append(header::VARY, HeaderValue::from_static("Accept-Encoding"));
     let body = std::mem::replace(resp.body_mut(), crate::proxy::empty());
-    *resp.body_mut() = GzipBody::new(body).boxed();
+    *resp.body_mut() = CompressBody::new(body, encoding).boxed();
 }
 
-/// Streams a body through gzip, chunk by chunk (never buffers it whole).
-pub struct GzipBody {
-    inner: Body,
-    enc: Option<flate2::write::GzEncoder<Vec<u8>>>,
+enum Encoder {
+    Gzip(flate2::write::GzEncoder<Vec<u8>>),
+    Br(Box<brotli::CompressorWriter<Vec<u8>>>),
 }
 
-impl GzipBody {
-    /// Wraps `inner`.
-    pub fn new(inner: Body) -> GzipBody {
-        GzipBody {
-            inner,
-            enc: Some(flate2::write::GzEncoder::new(
-                Vec::new(),
-                flate2::Compression::fast(),
-            )),
+impl Encoder {
+    fn write_flush(&mut self, data: &[u8]) -> std::io::Result<Vec<u8>> {
+        use std::io::Write;
+        match self {
+            Encoder::Gzip(e) => {
+                e.write_all(data)?;
+                e.flush()?;
+                Ok(std::mem::take(e.get_mut()))
+            }
+            Encoder::Br(e) => {
+                e.write_all(data)?;
+                e.flush()?;
+                Ok(std::mem::take(e.get_mut()))
+            }
+        }
+    }
+
+    fn finish(self) -> std::io::Result<Vec<u8>> {
+        match self {
+            Encoder::Gzip(e) => e.finish(),
+            Encoder::Br(e) => Ok(e.into_inner()),
         }
     }
 }
 
-impl hyper::body::Body for GzipBody {
+/// Streams a body through gzip or brotli, chunk by chunk (never buffers it
+/// whole).
+pub struct CompressBody {
+    inner: Body,
+    enc: Option<Encoder>,
+}
+
+impl CompressBody {
+    /// Wraps `inner`.
+    pub fn new(inner: Body, encoding: Encoding) -> CompressBody {
+        let enc = match encoding {
+            Encoding::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(
+                Vec::new(),
+                flate2::Compression::fast(),
+            )),
+            // Quality 4: fast enough for on-the-fly, still beats gzip.
+            Encoding::Br => Encoder::Br(Box::new(brotli::CompressorWriter::new(
+                Vec::new(),
+                16 * 1024,
+                4,
+                22,
+            ))),
+        };
+        CompressBody {
+            inner,
+            enc: Some(enc),
+        }
+    }
+}
+
+impl hyper::body::Body for CompressBody {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -697,7 +796,6 @@ impl hyper::body::Body for GzipBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        use std::io::Write;
         loop {
             if self.enc.is_none() {
                 return Poll::Ready(None);
@@ -712,15 +810,12 @@ impl hyper::body::Body for GzipBody {
                     let Some(enc) = self.enc.as_mut() else {
                         continue;
                     };
-                    if let Err(e) = enc.write_all(&data) {
-                        return Poll::Ready(Some(Err(e.into())));
-                    }
                     // Flush so slow streams still flow; compression stays good
                     // for the large chunks backends usually send.
-                    if let Err(e) = enc.flush() {
-                        return Poll::Ready(Some(Err(e.into())));
-                    }
-                    let out = std::mem::take(enc.get_mut());
+                    let out = match enc.write_flush(&data) {
+                        Ok(out) => out,
+                        Err(e) => return Poll::Ready(Some(Err(e.into()))),
+                    };
                     if !out.is_empty() {
                         return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
                     }
@@ -795,7 +890,7 @@ mod tests {
             client_ip: "10.0.0.1".parse().unwrap(),
             host: "app.b3.swarm".into(),
             https_port: 443,
-            accept_gzip: true,
+            accept: Some(Encoding::Gzip),
             head: false,
             origin: None,
             retry: None,
@@ -970,6 +1065,43 @@ mod tests {
     }
 
     #[test]
+    fn accept_encoding_negotiation() {
+        assert_eq!(
+            negotiate(["gzip, deflate, br"].into_iter()),
+            Some(Encoding::Br)
+        );
+        assert_eq!(negotiate(["gzip;q=0.5"].into_iter()), Some(Encoding::Gzip));
+        assert_eq!(
+            negotiate(["br;q=0, gzip"].into_iter()),
+            Some(Encoding::Gzip)
+        );
+        assert_eq!(negotiate(["identity"].into_iter()), None);
+        assert_eq!(negotiate(std::iter::empty()), None);
+    }
+
+    #[test]
+    fn brotli_streams_and_round_trips() {
+        use std::io::Read;
+        let m = mw("      compress: {}\n");
+        let text = "hello compressible world ".repeat(200);
+        let mut c = ctx(false);
+        c.accept = Some(Encoding::Br);
+        let mut r = small_response(StatusCode::OK, &text);
+        m.on_response(&c, &mut r);
+        assert_eq!(r.headers()[header::CONTENT_ENCODING], "br");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let bytes = rt.block_on(r.into_body().collect()).unwrap().to_bytes();
+        assert!(bytes.len() < text.len() / 4);
+        let mut out = String::new();
+        brotli::Decompressor::new(&bytes[..], 4096)
+            .read_to_string(&mut out)
+            .unwrap();
+        assert_eq!(out, text);
+    }
+
+    #[test]
     fn gzip_streams_and_round_trips() {
         use std::io::Read;
         let m = mw("      compress: {}\n");
@@ -993,7 +1125,7 @@ mod tests {
         m.on_response(&ctx(false), &mut r);
         assert!(!r.headers().contains_key(header::CONTENT_ENCODING));
         let mut c = ctx(false);
-        c.accept_gzip = false;
+        c.accept = None;
         let mut r = small_response(StatusCode::OK, &text);
         m.on_response(&c, &mut r);
         assert!(!r.headers().contains_key(header::CONTENT_ENCODING));

@@ -6,6 +6,7 @@
 
 pub mod accesslog;
 pub mod balancer;
+pub mod connector;
 pub mod health;
 pub mod listener;
 pub mod metrics;
@@ -91,6 +92,8 @@ pub struct Options {
     pub max_h2_streams: u32,
     /// Idle keep-alive connections kept per backend.
     pub pool_max_idle: usize,
+    /// Accept any certificate from `https://` servers.
+    pub backend_insecure_skip_verify: bool,
 }
 
 impl Default for Options {
@@ -108,7 +111,10 @@ impl Default for Options {
             eject_duration: Duration::from_secs(10),
             max_connections: 16 * 1024,
             max_h2_streams: 250,
-            pool_max_idle: 256,
+            // Above the in-flight requests of a busy HTTP/2 client load
+            // (64 connections x 10 streams), so the pool does not churn.
+            pool_max_idle: 1024,
+            backend_insecure_skip_verify: false,
         }
     }
 }
@@ -134,7 +140,7 @@ pub struct Runtime {
     pub certs: Arc<CertStore>,
     /// Metrics.
     pub metrics: Metrics,
-    client: Client<HttpConnector, Body>,
+    client: Client<connector::Connector, Body>,
     /// Tunables.
     pub opts: Options,
     /// Access log, if enabled.
@@ -152,7 +158,7 @@ impl Runtime {
         certs: Arc<CertStore>,
         metrics: Metrics,
         access_log: Option<accesslog::AccessLog>,
-    ) -> Runtime {
+    ) -> anyhow::Result<Runtime> {
         let mut conn = HttpConnector::new();
         conn.set_connect_timeout(Some(opts.connect_timeout));
         conn.set_nodelay(true);
@@ -162,8 +168,11 @@ impl Runtime {
             .pool_max_idle_per_host(opts.pool_max_idle)
             .pool_timer(TokioTimer::new())
             .set_host(false)
-            .build(conn);
-        Runtime {
+            .build(connector::Connector::new(
+                conn,
+                opts.backend_insecure_skip_verify,
+            )?);
+        Ok(Runtime {
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
             configs: Mutex::new(BTreeMap::new()),
             providers: Mutex::new(BTreeMap::new()),
@@ -175,7 +184,7 @@ impl Runtime {
             access_log,
             generation: AtomicU64::new(0),
             entry_points: Mutex::new(Vec::new()),
-        }
+        })
     }
 
     /// The current routing snapshot.
@@ -418,15 +427,13 @@ pub async fn handle(
         client_ip: ip,
         host: host.clone(),
         https_port: rt.opts.https_port,
-        accept_gzip: parts
-            .headers
-            .get_all(header::ACCEPT_ENCODING)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| {
-                v.split(',')
-                    .any(|e| e.trim().split(';').next() == Some("gzip"))
-            }),
+        accept: middleware::negotiate(
+            parts
+                .headers
+                .get_all(header::ACCEPT_ENCODING)
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        ),
         head: parts.method == Method::HEAD,
         origin: parts.headers.get(header::ORIGIN).cloned(),
         retry: None,
@@ -630,7 +637,7 @@ async fn forward(
         let server = &lb.servers[idx];
         server.requests.fetch_add(1, Ordering::Relaxed);
         let uri = match http::Uri::builder()
-            .scheme("http")
+            .scheme(if server.addr.tls { "https" } else { "http" })
             .authority(server.addr.authority.clone())
             .path_and_query(path_and_query.as_str())
             .build()
@@ -646,7 +653,12 @@ async fn forward(
                 )
             }
         };
-        let mut headers = parts.headers.clone();
+        // The last possible attempt takes the headers; earlier ones copy them.
+        let mut headers = if tried.len() as u32 >= max_attempts {
+            std::mem::take(&mut parts.headers)
+        } else {
+            parts.headers.clone()
+        };
         let host_header = if lb.pass_host_header && !host_raw.is_empty() {
             header_value(host_raw)
         } else {

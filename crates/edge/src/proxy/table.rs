@@ -637,6 +637,31 @@ http:
     }
 
     #[test]
+    fn weighted_services_split_by_weight() {
+        let s = snap(
+            r#"
+http:
+  routers:
+    a: { rule: "Host(`a`)", service: canary }
+  services:
+    canary: { weighted: { services: [ { name: stable, weight: 3 }, { name: next, weight: 1 } ] } }
+    stable: { loadBalancer: { servers: [ { url: "http://127.0.0.1:1" } ] } }
+    next: { loadBalancer: { servers: [ { url: "http://127.0.0.1:2" } ] } }
+"#,
+        );
+        let svc = &s.services["canary@file"];
+        let mut stable = 0;
+        for _ in 0..400 {
+            let (name, _) = svc.resolve().unwrap();
+            if name.as_str() == "stable@file" {
+                stable += 1;
+            }
+        }
+        assert_eq!(stable, 300);
+        assert_eq!(s.routers["a@file"].status, "enabled");
+    }
+
+    #[test]
     fn many_routers_are_found_by_host() {
         let mut yaml = String::from("http:\n  routers:\n");
         for i in 0..1000 {

@@ -19,8 +19,24 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-/// A port that was free a moment ago.
+/// A port that was free a moment ago, below the kernel's ephemeral range
+/// (32768+) so that client sockets lingering in TIME-WAIT cannot collide
+/// with it between this check and edge binding it.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::AtomicU32;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id().wrapping_mul(2654435761)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+    for _ in 0..200 {
+        let n = seed.wrapping_add(NEXT.fetch_add(7919, Ordering::Relaxed));
+        let port = 20000 + (n % 12000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -177,13 +193,18 @@ pub struct Backend {
     pub hits: Arc<AtomicU64>,
     pub uploaded: Arc<AtomicU64>,
     pub health_status: Arc<AtomicU16>,
+    pub tls: bool,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Backend {
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!(
+            "{}://{}",
+            if self.tls { "https" } else { "http" },
+            self.addr
+        )
     }
 
     /// Stops it: listener closed, every connection dropped.
@@ -213,14 +234,50 @@ struct State {
 /// Starts a backend answering `backend <id>` and a few test paths:
 /// `/headers`, `/big?<bytes>`, `/upload`, `/slow`, `/health`, `/ws`.
 pub fn backend(id: &str) -> Backend {
-    backend_on(id, 0)
+    backend_on(id, 0, false)
 }
 
-pub fn backend_on(id: &str, port: u16) -> Backend {
+/// The same backend, speaking HTTPS with a self-signed certificate.
+pub fn tls_backend(id: &str) -> Backend {
+    backend_on(id, 0, true)
+}
+
+fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .expect("rcgen");
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("tls versions")
+    .with_no_client_auth()
+    .with_single_cert(vec![ck.cert.der().clone()], key)
+    .expect("backend cert");
+    tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+}
+
+async fn serve_conn<IO>(io: IO, st: Arc<State>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| {
+        let st = st.clone();
+        async move { Ok::<_, Infallible>(serve(st, req).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades()
+        .await;
+}
+
+pub fn backend_on(id: &str, port: u16, tls: bool) -> Backend {
     let std_listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("binding backend");
     std_listener.set_nonblocking(true).expect("nonblocking");
     let addr = std_listener.local_addr().expect("addr");
     let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
+    let acceptor = tls.then(tls_acceptor);
     let state = Arc::new(State {
         id: id.to_string(),
         hits: Arc::new(AtomicU64::new(0)),
@@ -247,15 +304,16 @@ pub fn backend_on(id: &str, port: u16) -> Backend {
                     r = listener.accept() => {
                         let Ok((s, _)) = r else { continue };
                         let st = state.clone();
+                        let acceptor = acceptor.clone();
                         conns.spawn(async move {
-                            let svc = hyper::service::service_fn(move |req| {
-                                let st = st.clone();
-                                async move { Ok::<_, Infallible>(serve(st, req).await) }
-                            });
-                            let _ = hyper::server::conn::http1::Builder::new()
-                                .serve_connection(TokioIo::new(s), svc)
-                                .with_upgrades()
-                                .await;
+                            match acceptor {
+                                Some(a) => {
+                                    if let Ok(s) = a.accept(s).await {
+                                        serve_conn(s, st).await;
+                                    }
+                                }
+                                None => serve_conn(s, st).await,
+                            }
                         });
                     }
                 }
@@ -269,6 +327,7 @@ pub fn backend_on(id: &str, port: u16) -> Backend {
         hits,
         uploaded,
         health_status,
+        tls,
         stop: Some(tx),
         thread: Some(thread),
     }

@@ -41,8 +41,10 @@ pub use types::{Check, Command, CommandResult, NodeId, NodeInfo, Op, Raft, RaftN
 /// How long a write may wait for a leader to commit it.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A node not heard from for this long is down.
-pub const DOWN_AFTER: Duration = Duration::from_secs(4);
+pub const DOWN_AFTER: Duration = Duration::from_secs(5);
 const HEARTBEAT: Duration = Duration::from_secs(1);
+/// Time a heartbeat may take (generous: a loaded node is not a dead one).
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Errors of cluster operations.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +72,8 @@ pub struct RaftSettings {
     pub election_ms: u64,
     /// Build a snapshot (and purge the log) every this many entries.
     pub snapshot_every: u64,
+    /// A voter down this long is replaced by an up-to-date learner.
+    pub voter_grace: Duration,
 }
 
 impl Default for RaftSettings {
@@ -78,6 +82,7 @@ impl Default for RaftSettings {
             heartbeat_ms: 200,
             election_ms: 1000,
             snapshot_every: 1000,
+            voter_grace: Duration::from_secs(60),
         }
     }
 }
@@ -94,6 +99,8 @@ pub struct Cluster {
     pub transport: Arc<Transport>,
     meta: MetaStore,
     last_seen: Mutex<HashMap<NodeId, Instant>>,
+    started: Instant,
+    voter_grace: Duration,
 }
 
 /// What `store status` shows about the metadata group.
@@ -177,6 +184,8 @@ impl Cluster {
             transport,
             meta,
             last_seen: Mutex::new(HashMap::new()),
+            started: Instant::now(),
+            voter_grace: settings.voter_grace,
         }))
     }
 
@@ -194,16 +203,28 @@ impl Cluster {
         })
     }
 
-    /// Whether node `id` answered a heartbeat recently.
+    /// Whether node `id` answered a heartbeat recently. Right after start,
+    /// before the first heartbeats are back, every node counts as up.
     pub fn is_up(&self, id: NodeId) -> bool {
         if id == self.me.id {
             return true;
         }
-        let seen = self.last_seen.lock().unwrap_or_else(|p| p.into_inner());
-        seen.get(&id).is_some_and(|t| t.elapsed() < DOWN_AFTER)
+        self.down_for(id) < DOWN_AFTER
     }
 
-    fn mark_seen(&self, id: NodeId) {
+    /// How long node `id` has not answered (since start if never).
+    fn down_for(&self, id: NodeId) -> Duration {
+        if id == self.me.id {
+            return Duration::ZERO;
+        }
+        let seen = self.last_seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.get(&id)
+            .map(|t| t.elapsed())
+            .unwrap_or_else(|| self.started.elapsed())
+    }
+
+    /// Records that node `id` answered (heartbeat or any other request).
+    pub fn mark_seen(&self, id: NodeId) {
         let mut seen = self.last_seen.lock().unwrap_or_else(|p| p.into_inner());
         seen.insert(id, Instant::now());
     }
@@ -412,7 +433,7 @@ impl Cluster {
         let pings = nodes.into_iter().filter(|n| n.id != self.me.id).map(|n| {
             let transport = self.transport.clone();
             async move {
-                let r = rpc::call(&transport, n.addr, &Request::Ping, &[], HEARTBEAT).await;
+                let r = rpc::call(&transport, n.addr, &Request::Ping, &[], PING_TIMEOUT).await;
                 (n.id, r)
             }
         });
@@ -473,21 +494,45 @@ impl Cluster {
         } else {
             nodes.len().min(3)
         };
-        if voters.len() < target {
-            let last = m.last_log_index.unwrap_or(0);
-            let replication = m.replication.clone().unwrap_or_default();
-            let mut ready: Vec<NodeId> = nodes
+        let last = m.last_log_index.unwrap_or(0);
+        let replication = m.replication.clone().unwrap_or_default();
+        let mut ready: Vec<NodeId> = nodes
+            .iter()
+            .map(|n| n.id)
+            .filter(|id| !voters.contains(id) && self.is_up(*id))
+            .filter(|id| {
+                replication
+                    .get(id)
+                    .and_then(|l| l.map(|l| l.index))
+                    .is_some_and(|i| i + 100 >= last)
+            })
+            .collect();
+        ready.sort();
+        // A voter gone for longer than the grace period hands its vote to
+        // an up-to-date learner, so the group tolerates the next failure
+        // too. The old voter stays a learner and may be promoted again.
+        if voters.len() >= target {
+            let dead = voters
                 .iter()
-                .map(|n| n.id)
-                .filter(|id| !voters.contains(id) && self.is_up(*id))
-                .filter(|id| {
-                    replication
-                        .get(id)
-                        .and_then(|l| l.map(|l| l.index))
-                        .is_some_and(|i| i + 100 >= last)
-                })
-                .collect();
-            ready.sort();
+                .copied()
+                .find(|v| self.down_for(*v) > self.voter_grace);
+            if let (Some(dead), Some(&spare)) = (dead, ready.first()) {
+                let mut next = voters.clone();
+                next.remove(&dead);
+                next.insert(spare);
+                tracing::warn!(
+                    down = %format!("{dead:016x}"),
+                    promoted = %format!("{spare:016x}"),
+                    "voter down past the grace period; replacing it"
+                );
+                self.raft
+                    .change_membership(ChangeMembers::ReplaceAllVoters(next), true)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                return Ok(());
+            }
+        }
+        if voters.len() < target {
             let add: BTreeSet<NodeId> = ready.into_iter().take(target - voters.len()).collect();
             if !add.is_empty() {
                 tracing::info!(voters = ?add, "promoting learners to voters");

@@ -63,6 +63,8 @@ mod tests {
         let resp = client.call(addr, b"hi", &body, timeout).await.unwrap();
         assert_eq!(resp.header, b"auth=true");
         assert_eq!(resp.body.len(), body.len());
+        // The connection is reused and its path MTU known.
+        assert!(client.path_mtu(addr).is_some_and(|m| m >= 1200));
 
         // A node of another cluster fails the handshake.
         let d2 = tempfile::tempdir().unwrap();

@@ -90,11 +90,6 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
     t.receive_window(quinn::VarInt::from_u32(64 << 20));
     t.send_window(64 << 20);
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(256));
-    // Probe for jumbo datagrams: loopback and jumbo-frame LANs carry a chunk
-    // in far fewer packets; on a 1500-byte path probing simply stops there.
-    let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.upper_bound(9000);
-    t.mtu_discovery_config(Some(mtu));
     Arc::new(t)
 }
 
@@ -234,6 +229,16 @@ impl Transport {
             .map_err(|e| connect_err(e.to_string()))?;
         *slot = Some(conn.clone());
         Ok(conn)
+    }
+
+    /// Current path MTU towards `addr`, when connected (diagnostics).
+    pub fn path_mtu(&self, addr: SocketAddr) -> Option<u16> {
+        let slot = {
+            let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+            conns.get(&addr)?.clone()
+        };
+        let guard = slot.try_lock().ok()?;
+        guard.as_ref().map(|c| c.stats().path.current_mtu)
     }
 
     fn forget(&self, addr: SocketAddr) {

@@ -126,13 +126,20 @@ impl Cluster {
         }
         c.wait_for(
             Duration::from_secs(40),
-            "all nodes up and voters in place",
+            "all nodes up and voters in place, seen from every node",
             |c| {
-                let s = c.status(0)?;
-                let voters = s["raft"]["voters"].as_array()?.len();
                 let want = if n >= 5 { 5 } else { n.min(3) };
-                (s["nodes_up"].as_u64()? == n as u64 && voters == want && s["quorum"].as_bool()?)
-                    .then_some(())
+                for i in 0..n {
+                    let s = c.status(i)?;
+                    let voters = s["raft"]["voters"].as_array()?.len();
+                    let ok = s["nodes_up"].as_u64()? == n as u64
+                        && voters == want
+                        && s["quorum"].as_bool()?;
+                    if !ok {
+                        return None;
+                    }
+                }
+                Some(())
             },
         );
         c

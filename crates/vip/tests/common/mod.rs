@@ -194,15 +194,23 @@ impl Cluster {
 
     /// Starts the agent on host `i` with the VIP and `args`.
     pub fn start(&mut self, i: usize, args: &[&str]) {
+        let mut full = vec!["--virtual-ip".to_string(), format!("{VIP}/24")];
+        full.extend(args.iter().map(|a| a.to_string()));
+        self.start_with(i, &full, &[]);
+    }
+
+    /// Starts the agent on host `i` with exactly `args` and environment
+    /// `env` (the admin address and log level are added).
+    pub fn start_with(&mut self, i: usize, args: &[String], env: &[(&str, String)]) {
         let log = File::options()
             .create(true)
             .append(true)
             .open(self.log(i))
             .expect("log file");
         let mut cmd = self.lab.host(i).command(env!("CARGO_BIN_EXE_vip"));
-        cmd.args(["--virtual-ip", &format!("{VIP}/24")])
-            .args(["--admin-addr", "127.0.0.1:7410", "--log-level", "debug"])
+        cmd.args(["--admin-addr", "127.0.0.1:7410", "--log-level", "debug"])
             .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
             .stderr(log);
         let guard = ChildGuard::spawn(format!("vip on h{i}"), &mut cmd).expect("spawn vip");
