@@ -4,19 +4,23 @@
 
 use std::path::PathBuf;
 
-/// Path of workspace binary `name`, e.g. `bin("store")`.
+/// Path of workspace binary `name`, e.g. `bin("store")`: next to the
+/// running executable (a benchmark in `target/<profile>/`), or one level up
+/// (a test in `target/<profile>/deps/`).
 pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    // target/<profile>/deps/<test-binary> → target/<profile>/<name>
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).ok_or_else(|| {
+    let here = exe.parent().ok_or_else(|| {
         anyhow::anyhow!("cannot locate the target directory from {}", exe.display())
     })?;
-    let path = profile_dir.join(name);
-    if !path.is_file() {
-        anyhow::bail!(
-            "{} not found: build the workspace binaries first (`cargo build --workspace --bins`)",
-            path.display()
-        );
+    let candidates = [Some(here), here.parent()];
+    for dir in candidates.into_iter().flatten() {
+        let path = dir.join(name);
+        if path.is_file() {
+            return Ok(path);
+        }
     }
-    Ok(path)
+    anyhow::bail!(
+        "{name} not found next to {}: build the workspace binaries first (`cargo build --workspace --bins`)",
+        exe.display()
+    )
 }

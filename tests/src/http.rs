@@ -39,9 +39,21 @@ pub fn get(addr: SocketAddr, path: &str) -> anyhow::Result<Response> {
     })
 }
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that was free (TCP and UDP) a moment ago. Picked below
+/// the kernel's ephemeral range (32768+), so a client socket lingering in
+/// TIME-WAIT cannot take it between this call and the daemon's bind.
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let seed = (std::process::id() % 997) as u16 * 11;
+    for _ in 0..2000 {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20000 + (seed.wrapping_add(offset.wrapping_mul(7))) % 12000;
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free loopback port found in 20000..32000")
 }

@@ -24,6 +24,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use b3_common::admin::{self, Body, BoxError, Handler};
+use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -42,6 +43,8 @@ use crate::replication::{replicas_of_pg, ChunkRef, ReplicationError, Replicator}
 
 /// Largest object accepted in one PUT (as S3).
 pub const MAX_OBJECT: u64 = 5 << 30;
+/// Objects up to this size are stored inside their metadata.
+pub const INLINE_MAX: usize = 4096;
 /// Chunk writes (or reads) in flight per request.
 const PIPELINE: usize = 3;
 /// Longest key accepted.
@@ -61,6 +64,10 @@ pub struct ObjectMeta {
     pub content_type: Option<String>,
     /// Chunks in order.
     pub chunks: Vec<ChunkRef>,
+    /// The bytes themselves (base64) for objects of at most [`INLINE_MAX`]
+    /// bytes, which have no chunks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline: Option<String>,
 }
 
 /// Health and placement summary (`store status`).
@@ -490,7 +497,18 @@ impl Api {
                 break;
             }
         }
-        if failure.is_none() && !buf.is_empty() {
+        // Small objects live inside their metadata (replicated by Raft):
+        // no chunk files, no extra fsyncs.
+        let inline = if failure.is_none()
+            && inflight.is_empty()
+            && chunks.is_empty()
+            && buf.len() <= INLINE_MAX
+        {
+            Some(base64::engine::general_purpose::STANDARD.encode(&buf))
+        } else {
+            None
+        };
+        if failure.is_none() && inline.is_none() && !buf.is_empty() {
             let piece = buf.split().freeze();
             if let Err(resp) = self.push_chunk(&mut inflight, &mut chunks, piece).await {
                 failure = Some(resp);
@@ -510,12 +528,17 @@ impl Api {
             self.free_chunks(chunks);
             return resp;
         }
+        let etag = match &inline {
+            Some(_) => format!("{:08x}-i", crc32fast::hash(&buf)),
+            None => etag(&chunks, size),
+        };
         let meta = ObjectMeta {
             size,
-            etag: etag(&chunks, size),
+            etag,
             modified_ms: now_ms(),
             content_type,
             chunks,
+            inline,
         };
         let value = match serde_json::to_string(&meta) {
             Ok(v) => v,
@@ -662,6 +685,21 @@ impl Api {
             return builder
                 .body(admin::full(Bytes::new()))
                 .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()));
+        }
+        if let Some(inline) = &meta.inline {
+            use base64::Engine;
+            return match base64::engine::general_purpose::STANDARD.decode(inline) {
+                Ok(bytes) if bytes.len() as u64 == meta.size => {
+                    let part = Bytes::from(bytes).slice(start as usize..end as usize);
+                    builder.body(admin::full(part)).unwrap_or_else(|e| {
+                        error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())
+                    })
+                }
+                _ => error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &format!("inline data of {} is corrupt", &meta_key[2..]),
+                ),
+            };
         }
         // The pieces of chunks that overlap [start, end).
         let mut pieces = Vec::new();

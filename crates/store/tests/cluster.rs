@@ -80,7 +80,7 @@ fn three_nodes_round_trip_objects_with_three_copies() {
         let (code, _) = c.put(
             i % 3,
             &format!("/objects/photos/small/{i}"),
-            &data(4096, i as u64),
+            &data(5000, i as u64),
         );
         assert_eq!(code, 200);
     }
@@ -132,11 +132,30 @@ fn three_nodes_round_trip_objects_with_three_copies() {
         |c| (chunk_copies(c).len() == 5).then_some(()),
     );
 
+    // Small objects live in the metadata: no chunk files, ranges work.
+    let tiny = data(3000, 42);
+    assert_eq!(c.put(1, "/objects/photos/tiny", &tiny).0, 200);
+    assert_eq!(chunk_copies(&c).len(), 5);
+    assert_eq!(c.get(2, "/objects/photos/tiny").1, tiny);
+    let (code, _, part) = http(
+        c.nodes[0].admin,
+        "GET",
+        "/objects/photos/tiny",
+        &[("Range", "bytes=-10")],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(code, 206);
+    assert_eq!(part, &tiny[2990..]);
+    assert_eq!(c.put(1, "/objects/photos/empty", b"").0, 200);
+    let (code, empty) = c.get(0, "/objects/photos/empty");
+    assert_eq!((code, empty.len()), (200, 0));
+
     // df sees all three nodes.
     let out = run(&["df", "--server", &c.nodes[0].admin.to_string(), "--json"]);
     let df: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(df["nodes"].as_array().unwrap().len(), 3);
-    assert_eq!(df["objects"], 5);
+    assert_eq!(df["objects"], 7);
     // Metrics mirror the status.
     let (_, _, m) = http(c.nodes[0].admin, "GET", "/metrics", &[], b"").unwrap();
     let m = String::from_utf8_lossy(&m);
@@ -503,7 +522,10 @@ fn nodes_can_be_taken_out_and_removed() {
     );
     let before = c.chunk_files(1).len();
     for i in 0..12u64 {
-        assert_eq!(c.put(0, &format!("/objects/o/{i}"), &data(2000, i)).0, 200);
+        assert_eq!(
+            c.put(0, &format!("/objects/o/{i}"), &data(10_000, i)).0,
+            200
+        );
     }
     assert_eq!(c.chunk_files(1).len(), before, "an out node got new chunks");
     let out = run(&["in", &id1, "--server", &server]);
