@@ -46,8 +46,12 @@ where
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "exiting");
-            eprintln!("{binary}: error: {e:#}");
+            // Once, in the format the operator chose.
+            if log.log_format == crate::logging::LogFormat::Json {
+                tracing::error!(error = format!("{e:#}"), "exiting");
+            } else {
+                eprintln!("{binary}: error: {e:#}");
+            }
             match e.downcast_ref::<UsageError>() {
                 Some(_) => ExitCode::from(EXIT_USAGE),
                 None => ExitCode::from(EXIT_FAILURE),
