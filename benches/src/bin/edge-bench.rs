@@ -296,20 +296,48 @@ fn write(p: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))
 }
 
+/// edge's configuration for proxy variant `name`: `edge` routes everything
+/// to the backend with one host-less router; `edge-1r` with one
+/// ``Host(`app.b3.swarm`)`` router; `edge-1000r` with that router among
+/// 1,000 (100 services × 10 routers, as Swarm labels would make them).
+fn edge_config(name: &str, backend: u16) -> String {
+    let service = format!(
+        "  services:\n    app: {{ loadBalancer: {{ servers: [ {{ url: \"http://127.0.0.1:{backend}\" }} ] }} }}\n"
+    );
+    let mut routers = String::from("http:\n  routers:\n");
+    match name {
+        "edge" => {
+            routers.push_str("    app: { rule: \"PathPrefix(`/`)\", service: app, tls: {} }\n")
+        }
+        _ => {
+            routers
+                .push_str("    app: { rule: \"Host(`app.b3.swarm`)\", service: app, tls: {} }\n");
+            if name == "edge-1000r" {
+                for svc in 0..100 {
+                    for r in 0..10 {
+                        if svc == 0 && r == 0 {
+                            continue; // `app` is the 1,000th
+                        }
+                        routers.push_str(&format!(
+                            "    s{svc}-r{r}: {{ rule: \"Host(`s{svc}-r{r}.b3.swarm`) && PathPrefix(`/r{r}`)\", service: app, tls: {{}} }}\n"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    routers + &service
+}
+
 fn start_proxy(name: &str, s: &Setup) -> anyhow::Result<(Proc, u16)> {
     let port = free_port()?;
     let d = s.dir.join(name);
     std::fs::create_dir_all(&d)?;
     let (cert, key, b) = (s.cert.display(), s.key.display(), s.backend_port);
     let proc = match name {
-        "edge" => {
+        n if n.starts_with("edge") => {
             let cfg = d.join("edge.yml");
-            write(
-                &cfg,
-                &format!(
-                    "http:\n  routers:\n    app: {{ rule: \"PathPrefix(`/`)\", service: app, tls: {{}} }}\n  services:\n    app: {{ loadBalancer: {{ servers: [ {{ url: \"http://127.0.0.1:{b}\" }} ] }} }}\n"
-                ),
-            )?;
+            write(&cfg, &edge_config(n, b))?;
             let admin = free_port()?;
             let web = free_port()?;
             spawn(
@@ -662,6 +690,38 @@ fn main() -> anyhow::Result<()> {
         render(
             "edge vs the best of nginx / HAProxy / Caddy (same machine, loopback, TLS)",
             &rows
+        )
+    );
+
+    // 1,000 routers against 1: the matcher looks hosts up in a map, so the
+    // request rate must not drop measurably.
+    let variants = ["edge-1r", "edge-1000r"];
+    let mut best = [0.0f64; 2];
+    let mut started = Vec::new();
+    for v in variants {
+        started.push(start_proxy(v, &setup)?);
+    }
+    for round in 0..rounds.max(3) {
+        for (i, (proc, port)) in started.iter().enumerate() {
+            let r = wrk(*port, "/1k.bin", 64, false, proc.child.id(), secs)?;
+            eprintln!("round {round} {:10} {:>10.0} req/s", variants[i], r.rps);
+            best[i] = best[i].max(r.rps);
+        }
+    }
+    drop(started);
+    print!(
+        "{}",
+        render(
+            "edge with 1,000 routers vs 1 router (wrk h1 keep-alive 64c 1KiB, best round)",
+            &[Row {
+                workload: "1,000 routers (ratio = 1000r / 1r)".into(),
+                unit: "req/s".into(),
+                ours: best[1],
+                reference_name: "1 router".into(),
+                reference: Some(best[0]),
+                better: Better::Higher,
+                target: Some(0.95),
+            }]
         )
     );
     Ok(())
