@@ -18,7 +18,7 @@
 //! shared, and this keeps a burst of someone else's work from deciding.
 //!
 //! Knobs: `EDGE_BENCH_SECS` (seconds per run, default 5),
-//! `EDGE_BENCH_ROUNDS`.
+//! `EDGE_BENCH_ROUNDS`, `EDGE_BENCH_ONLY=routers` (only 1,000 routers vs 1).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -434,6 +434,9 @@ fn start_proxy(name: &str, s: &Setup) -> anyhow::Result<(Proc, u16)> {
             "/dev/null",
             "-w",
             "%{http_code}",
+            // The Host wrk sends (the edge-1r/edge-1000r routers match it).
+            "-H",
+            "Host: app.b3.swarm",
         ])
         .arg(format!("https://127.0.0.1:{port}/1k.bin"))
         .output()?;
@@ -549,6 +552,7 @@ fn main() -> anyhow::Result<()> {
         edge_bin,
     };
 
+    let only_routers = std::env::var("EDGE_BENCH_ONLY").as_deref() == Ok("routers");
     let proxies = ["edge", "nginx", "haproxy", "caddy"];
     let tests: [(&str, &str); 4] = [
         ("wrk h1 keep-alive 64c 1KiB", "1k"),
@@ -560,138 +564,140 @@ fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2);
-    let mut running: Vec<Option<(Proc, u16)>> = Vec::new();
-    for name in proxies {
-        match start_proxy(name, &setup) {
-            Ok(x) => running.push(Some(x)),
-            Err(e) => {
-                eprintln!("skipping {name}: {e:#}");
-                running.push(None);
+    if !only_routers {
+        let mut running: Vec<Option<(Proc, u16)>> = Vec::new();
+        for name in proxies {
+            match start_proxy(name, &setup) {
+                Ok(x) => running.push(Some(x)),
+                Err(e) => {
+                    eprintln!("skipping {name}: {e:#}");
+                    running.push(None);
+                }
             }
         }
-    }
-    // Rounds interleave the proxies so background load on this shared
-    // machine hits them alike; each keeps its best round.
-    let mut results: Vec<Vec<Option<Result1>>> = vec![vec![None; proxies.len()]; tests.len()];
-    for round in 0..rounds {
-        for (ti, (label, kind)) in tests.iter().enumerate() {
-            for (pi, name) in proxies.iter().enumerate() {
-                let Some((proc, port)) = &running[pi] else {
-                    continue;
-                };
-                let (pid, port) = (proc.child.id(), *port);
-                let r = match *kind {
-                    "1k" => wrk(port, "/1k.bin", 64, false, pid, secs),
-                    "100k" => wrk(port, "/100k.bin", 64, false, pid, secs),
-                    "h2" => h2load(port, "/1k.bin", pid, secs),
-                    _ => wrk(port, "/1k.bin", 16, true, pid, secs),
-                };
-                match r {
-                    Ok(r) => {
-                        eprintln!(
+        // Rounds interleave the proxies so background load on this shared
+        // machine hits them alike; each keeps its best round.
+        let mut results: Vec<Vec<Option<Result1>>> = vec![vec![None; proxies.len()]; tests.len()];
+        for round in 0..rounds {
+            for (ti, (label, kind)) in tests.iter().enumerate() {
+                for (pi, name) in proxies.iter().enumerate() {
+                    let Some((proc, port)) = &running[pi] else {
+                        continue;
+                    };
+                    let (pid, port) = (proc.child.id(), *port);
+                    let r = match *kind {
+                        "1k" => wrk(port, "/1k.bin", 64, false, pid, secs),
+                        "100k" => wrk(port, "/100k.bin", 64, false, pid, secs),
+                        "h2" => h2load(port, "/1k.bin", pid, secs),
+                        _ => wrk(port, "/1k.bin", 16, true, pid, secs),
+                    };
+                    match r {
+                        Ok(r) => {
+                            eprintln!(
                             "round {round} {name:8} {label:36} {:>10.0} req/s  {:>8} ms  {:>6.1} MiB  {} errors",
                             r.rps,
                             r.p99_ms.map(|v| format!("{v:.2}")).unwrap_or("-".into()),
                             r.rss_mib,
                             r.errors
                         );
-                        let slot = &mut results[ti][pi];
-                        *slot = Some(match *slot {
-                            None => r,
-                            Some(old) => Result1 {
-                                rps: old.rps.max(r.rps),
-                                p99_ms: match (old.p99_ms, r.p99_ms) {
-                                    (Some(a), Some(b)) => Some(a.min(b)),
-                                    (a, b) => a.or(b),
+                            let slot = &mut results[ti][pi];
+                            *slot = Some(match *slot {
+                                None => r,
+                                Some(old) => Result1 {
+                                    rps: old.rps.max(r.rps),
+                                    p99_ms: match (old.p99_ms, r.p99_ms) {
+                                        (Some(a), Some(b)) => Some(a.min(b)),
+                                        (a, b) => a.or(b),
+                                    },
+                                    rss_mib: old.rss_mib.max(r.rss_mib),
+                                    errors: old.errors + r.errors,
                                 },
-                                rss_mib: old.rss_mib.max(r.rss_mib),
-                                errors: old.errors + r.errors,
-                            },
-                        });
+                            });
+                        }
+                        Err(e) => eprintln!("{name}: {label}: {e:#}"),
                     }
-                    Err(e) => eprintln!("{name}: {label}: {e:#}"),
                 }
             }
         }
-    }
-    drop(running);
+        drop(running);
 
-    println!("\nAll proxies (requests/s | p99 ms for wrk, mean ms for h2load | peak RSS MiB):");
-    println!(
-        "{:<38} {}",
-        "workload",
-        proxies.map(|p| format!("{p:>28}")).join("")
-    );
-    for (ti, (label, _)) in tests.iter().enumerate() {
-        let cells: String = results[ti]
-            .iter()
-            .map(|r| match r {
-                Some(r) => format!(
-                    "{:>28}",
-                    format!(
-                        "{:.0} | {} | {:.0}",
-                        r.rps,
-                        r.p99_ms.map(|v| format!("{v:.2}")).unwrap_or("-".into()),
-                        r.rss_mib
-                    )
-                ),
-                None => format!("{:>28}", "n/a"),
-            })
-            .collect();
-        println!("{label:<38} {cells}");
-    }
+        println!("\nAll proxies (requests/s | p99 ms for wrk, mean ms for h2load | peak RSS MiB):");
+        println!(
+            "{:<38} {}",
+            "workload",
+            proxies.map(|p| format!("{p:>28}")).join("")
+        );
+        for (ti, (label, _)) in tests.iter().enumerate() {
+            let cells: String = results[ti]
+                .iter()
+                .map(|r| match r {
+                    Some(r) => format!(
+                        "{:>28}",
+                        format!(
+                            "{:.0} | {} | {:.0}",
+                            r.rps,
+                            r.p99_ms.map(|v| format!("{v:.2}")).unwrap_or("-".into()),
+                            r.rss_mib
+                        )
+                    ),
+                    None => format!("{:>28}", "n/a"),
+                })
+                .collect();
+            println!("{label:<38} {cells}");
+        }
 
-    let mut rows = Vec::new();
-    for (ti, (label, _)) in tests.iter().enumerate() {
-        let Some(ours) = results[ti][0] else { continue };
-        let best = (1..proxies.len())
-            .filter_map(|pi| results[ti][pi].map(|r| (pi, r)))
-            .max_by(|a, b| a.1.rps.total_cmp(&b.1.rps));
-        rows.push(Row {
-            workload: label.to_string(),
-            unit: "req/s".into(),
-            ours: ours.rps,
-            reference_name: best.map(|b| proxies[b.0].to_string()).unwrap_or_default(),
-            reference: best.map(|b| b.1.rps),
-            better: Better::Higher,
-            target: Some(1.0),
-        });
-        let best_lat = (1..proxies.len())
-            .filter_map(|pi| results[ti][pi].and_then(|r| r.p99_ms.map(|l| (pi, l))))
-            .min_by(|a, b| a.1.total_cmp(&b.1));
-        if let Some(l) = ours.p99_ms {
+        let mut rows = Vec::new();
+        for (ti, (label, _)) in tests.iter().enumerate() {
+            let Some(ours) = results[ti][0] else { continue };
+            let best = (1..proxies.len())
+                .filter_map(|pi| results[ti][pi].map(|r| (pi, r)))
+                .max_by(|a, b| a.1.rps.total_cmp(&b.1.rps));
             rows.push(Row {
-                workload: format!(
-                    "{label} {}",
-                    if tests[ti].1 == "h2" { "mean" } else { "p99" }
-                ),
-                unit: "ms".into(),
-                ours: l,
-                reference_name: best_lat
-                    .map(|b| proxies[b.0].to_string())
-                    .unwrap_or_default(),
-                reference: best_lat.map(|b| b.1),
+                workload: label.to_string(),
+                unit: "req/s".into(),
+                ours: ours.rps,
+                reference_name: best.map(|b| proxies[b.0].to_string()).unwrap_or_default(),
+                reference: best.map(|b| b.1.rps),
+                better: Better::Higher,
+                target: Some(1.0),
+            });
+            let best_lat = (1..proxies.len())
+                .filter_map(|pi| results[ti][pi].and_then(|r| r.p99_ms.map(|l| (pi, l))))
+                .min_by(|a, b| a.1.total_cmp(&b.1));
+            if let Some(l) = ours.p99_ms {
+                rows.push(Row {
+                    workload: format!(
+                        "{label} {}",
+                        if tests[ti].1 == "h2" { "mean" } else { "p99" }
+                    ),
+                    unit: "ms".into(),
+                    ours: l,
+                    reference_name: best_lat
+                        .map(|b| proxies[b.0].to_string())
+                        .unwrap_or_default(),
+                    reference: best_lat.map(|b| b.1),
+                    better: Better::Lower,
+                    target: Some(1.0),
+                });
+            }
+            rows.push(Row {
+                workload: format!("{label} peak RSS"),
+                unit: "MiB".into(),
+                ours: ours.rss_mib,
+                reference_name: "64 MiB cap".into(),
+                reference: Some(64.0),
                 better: Better::Lower,
                 target: Some(1.0),
             });
         }
-        rows.push(Row {
-            workload: format!("{label} peak RSS"),
-            unit: "MiB".into(),
-            ours: ours.rss_mib,
-            reference_name: "64 MiB cap".into(),
-            reference: Some(64.0),
-            better: Better::Lower,
-            target: Some(1.0),
-        });
+        print!(
+            "{}",
+            render(
+                "edge vs the best of nginx / HAProxy / Caddy (same machine, loopback, TLS)",
+                &rows
+            )
+        );
     }
-    print!(
-        "{}",
-        render(
-            "edge vs the best of nginx / HAProxy / Caddy (same machine, loopback, TLS)",
-            &rows
-        )
-    );
 
     // 1,000 routers against 1: the matcher looks hosts up in a map, so the
     // request rate must not drop measurably.
