@@ -40,6 +40,14 @@ pub struct Dockerd {
 impl Dockerd {
     /// Starts a daemon and waits until it answers (at most 60 s).
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with_args(&[])
+    }
+
+    /// Like [`Dockerd::start`], with `extra` appended to dockerd's
+    /// arguments (e.g. a TLS listener: `-H tcp://127.0.0.1:PORT
+    /// --tlsverify --tlscacert … --tlscert … --tlskey …`). The fixture's
+    /// own clients keep using the unix socket.
+    pub fn start_with_args(extra: &[&str]) -> anyhow::Result<Self> {
         crate::require_root("the dockerd fixture")?;
         if Command::new("dockerd").arg("--version").output().is_err() {
             anyhow::bail!(
@@ -69,6 +77,7 @@ impl Dockerd {
                 .arg("-H")
                 .arg(format!("unix://{}", socket.display()))
                 .args(["--iptables=false", "--bridge=none"])
+                .args(extra)
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)
                 .stderr(log),

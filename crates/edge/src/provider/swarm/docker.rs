@@ -1,6 +1,7 @@
 //! A small Docker Engine API client: the few GET endpoints the provider
 //! needs (`/services`, `/tasks`, `/networks`, `/containers/{id}/json`,
-//! `/version`) and the `/events` stream, over a unix socket or TCP.
+//! `/version`) and the `/events` stream, over a unix socket, TCP, or TCP
+//! with TLS (client certificate, as the Docker CLI; see [`super::docker_tls`]).
 //!
 //! Why not bollard: its generated `Task` model has no `NetworksAttachments`
 //! (the task IPs, absent from Docker's swagger), so we would need raw
@@ -22,6 +23,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::docker_tls::DockerTls;
 use super::{SwarmNetwork, SwarmService, SwarmState, SwarmTask};
 
 /// Largest JSON answer accepted (a big cluster's task list is a few MB).
@@ -43,6 +45,9 @@ pub enum DockerError {
     /// The HTTP exchange failed.
     #[error("dockerd at {0}: {1}")]
     Http(String, String),
+    /// The TLS handshake with dockerd failed.
+    #[error("TLS to dockerd at {0}: {1}")]
+    Tls(String, String),
     /// Not answered in time.
     #[error("dockerd at {0} did not answer {1} within {2:?}")]
     Timeout(String, String, Duration),
@@ -100,16 +105,13 @@ impl Endpoint {
             } else {
                 format!("{rest}:2375")
             };
-            if std::env::var_os("DOCKER_TLS_VERIFY").is_some_and(|v| !v.is_empty()) {
-                return Err(bad("DOCKER_TLS_VERIFY is set, but edge speaks plain HTTP to dockerd: mount the unix socket, or put a docker-socket-proxy on a private overlay network"));
-            }
             return Ok(Endpoint::Tcp(addr));
         }
         if host.starts_with("https://")
             || host.starts_with("ssh://")
             || host.starts_with("npipe://")
         {
-            return Err(bad("TLS, ssh and named pipes are not supported: mount the unix socket, or use a docker-socket-proxy (tcp://…)"));
+            return Err(bad("https, ssh and named pipes are not supported: for TLS write tcp://host:2376 with DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH, as for the Docker CLI; or mount the unix socket"));
         }
         Err(bad("use unix:///path/to/docker.sock or tcp://host:port"))
     }
@@ -132,14 +134,29 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 pub struct Client {
     endpoint: Endpoint,
     name: String,
+    tls: Option<DockerTls>,
 }
 
 impl Client {
     /// A client for `endpoint` (nothing is connected yet).
     pub fn new(endpoint: Endpoint) -> Client {
+        Client::with_tls(endpoint, None)
+    }
+
+    /// A client speaking TLS to a `tcp://` endpoint when `tls` is given
+    /// (ignored for unix sockets, as the Docker CLI does).
+    pub fn with_tls(endpoint: Endpoint, tls: Option<DockerTls>) -> Client {
+        let tls = match endpoint {
+            Endpoint::Tcp(_) => tls,
+            Endpoint::Unix(_) => None,
+        };
         Client {
-            name: endpoint.to_string(),
+            name: match tls {
+                Some(_) => format!("{endpoint} (TLS)"),
+                None => endpoint.to_string(),
+            },
             endpoint,
+            tls,
         }
     }
 
@@ -160,7 +177,10 @@ impl Client {
                     .await
                     .map_err(|e| DockerError::Connect(self.name.clone(), e))?;
                 let _ = s.set_nodelay(true);
-                Box::new(s)
+                match &self.tls {
+                    None => Box::new(s),
+                    Some(tls) => Box::new(self.handshake(tls, a, s).await?),
+                }
             }
         };
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
@@ -182,10 +202,12 @@ impl Client {
             )
             .body(Empty::<Bytes>::new())
             .map_err(|e| DockerError::Http(self.name.clone(), e.to_string()))?;
+        // With TLS 1.3, dockerd judges the client certificate after the
+        // handshake: its refusal arrives here, as an alert.
         let resp = sender
             .send_request(req)
             .await
-            .map_err(|e| DockerError::Http(self.name.clone(), e.to_string()))?;
+            .map_err(|e| self.http_error(&e))?;
         let status = resp.status().as_u16();
         if status >= 300 {
             let body = Limited::new(resp.into_body(), 64 * 1024)
@@ -197,6 +219,7 @@ impl Client {
                 .map(|e| e.message)
                 .unwrap_or_else(|_| String::from_utf8_lossy(&body).trim().to_string());
             let hint = match status {
+                400 if message.contains("HTTPS server") => " — this port speaks TLS: set DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH (or --docker-tls-verify, --docker-cert-path)",
                 403 => " — a docker-socket-proxy refused: enable SERVICES, TASKS, NETWORKS, EVENTS (and CONTAINERS to detect edge's own networks)",
                 503 if path.starts_with("/services") || path.starts_with("/tasks") => {
                     " — is this node a Swarm manager? edge must run on a manager (deploy.placement.constraints: [node.role == manager])"
@@ -212,6 +235,41 @@ impl Client {
             });
         }
         Ok(resp)
+    }
+
+    async fn handshake(
+        &self,
+        tls: &DockerTls,
+        addr: &str,
+        tcp: tokio::net::TcpStream,
+    ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, DockerError> {
+        let host = addr
+            .rsplit_once(':')
+            .map_or(addr, |(h, _)| h)
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let name = rustls_pki_types::ServerName::try_from(host.to_string()).map_err(|e| {
+            DockerError::Tls(
+                self.name.clone(),
+                format!("{host:?} is not a valid TLS server name: {e}"),
+            )
+        })?;
+        tls.connector.connect(name, tcp).await.map_err(|e| {
+            let text = error_chain(&e);
+            let why = super::docker_tls::explain_failure(&text, host, &tls.dir)
+                .map_or(text.clone(), |fix| format!("{text}: {fix}"));
+            DockerError::Tls(self.name.clone(), why)
+        })
+    }
+
+    fn http_error(&self, e: &hyper::Error) -> DockerError {
+        let text = error_chain(e);
+        if let (Some(tls), Endpoint::Tcp(a)) = (&self.tls, &self.endpoint) {
+            if let Some(fix) = super::docker_tls::explain_failure(&text, a, &tls.dir) {
+                return DockerError::Tls(self.name.clone(), format!("{text}: {fix}"));
+            }
+        }
+        DockerError::Http(self.name.clone(), text)
     }
 
     /// `GET path` and decode the JSON answer.
@@ -400,6 +458,21 @@ fn container_from_mountinfo(info: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// `e` and its sources, joined (rustls's reason sits a few levels down).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let t = s.to_string();
+        if !out.contains(&t) {
+            out.push_str(": ");
+            out.push_str(&t);
+        }
+        cur = s.source();
+    }
+    out
 }
 
 fn percent_encode(s: &str) -> String {

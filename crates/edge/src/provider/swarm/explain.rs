@@ -157,9 +157,7 @@ pub async fn explain(
     service: Option<&str>,
     json: bool,
 ) -> anyhow::Result<String> {
-    cfg.validate().map_err(anyhow::Error::msg)?;
-    let client =
-        docker::Client::new(docker::Endpoint::parse(&cfg.docker_host).map_err(anyhow::Error::msg)?);
+    let client = cfg.docker_client().map_err(anyhow::Error::msg)?;
     let container = cfg.container.clone().or_else(docker::detect_own_container);
     let state = client.fetch_state(container.as_deref()).await?;
     let snapshot = build(&state, cfg);

@@ -17,11 +17,13 @@
 pub mod backends;
 pub mod constraints;
 pub mod docker;
+pub mod docker_tls;
 pub mod explain;
 pub mod labels;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -112,6 +114,15 @@ pub struct SwarmNetwork {
 pub struct SwarmConfig {
     /// Docker endpoint: `unix:///var/run/docker.sock` or `tcp://host:port`.
     pub docker_host: String,
+    /// Speak TLS to a `tcp://` dockerd, verifying it against
+    /// `<docker_cert_path>/ca.pem` and presenting `cert.pem`/`key.pem`
+    /// (the Docker CLI's `DOCKER_TLS_VERIFY`).
+    pub docker_tls_verify: bool,
+    /// `DOCKER_TLS` without `DOCKER_TLS_VERIFY`: TLS without checking
+    /// dockerd, which edge refuses (see [`SwarmConfig::validate`]).
+    pub docker_tls: bool,
+    /// Directory of `ca.pem`, `cert.pem`, `key.pem`; `None`: `~/.docker`.
+    pub docker_cert_path: Option<PathBuf>,
     /// Domain of the default rule ``Host(`<service>.<domain>`)``.
     pub domain: String,
     /// Replaces the default rule; `{{ normalize .Name }}` is the service name.
@@ -135,6 +146,9 @@ impl Default for SwarmConfig {
     fn default() -> Self {
         SwarmConfig {
             docker_host: "unix:///var/run/docker.sock".into(),
+            docker_tls_verify: false,
+            docker_tls: false,
+            docker_cert_path: None,
             domain: "b3.swarm".into(),
             default_rule: None,
             exposed_by_default: false,
@@ -179,7 +193,32 @@ impl SwarmConfig {
         if self.refresh < Duration::from_secs(1) {
             return Err("--swarm-refresh below 1s would hammer dockerd: use at least 1s".into());
         }
-        docker::Endpoint::parse(&self.docker_host).map(|_| ())
+        let endpoint = docker::Endpoint::parse(&self.docker_host)?;
+        if self.docker_tls && !self.docker_tls_verify {
+            return Err("DOCKER_TLS is set without DOCKER_TLS_VERIFY: edge does not talk to dockerd over TLS without checking its certificate (whoever sits in the middle would get root on the host) — set DOCKER_TLS_VERIFY=1 with DOCKER_CERT_PATH holding ca.pem, cert.pem and key.pem".into());
+        }
+        if self.docker_tls_verify && matches!(endpoint, docker::Endpoint::Unix(_)) {
+            tracing::debug!("DOCKER_TLS_VERIFY is ignored for a unix socket");
+        }
+        Ok(())
+    }
+
+    /// A Docker client for this configuration: validates it and, with
+    /// `docker_tls_verify` and a `tcp://` host, loads the TLS files.
+    pub fn docker_client(&self) -> Result<docker::Client, String> {
+        self.validate()?;
+        let endpoint = docker::Endpoint::parse(&self.docker_host)?;
+        let tls = match (&endpoint, self.docker_tls_verify) {
+            (docker::Endpoint::Tcp(_), true) => {
+                let dir = self
+                    .docker_cert_path
+                    .clone()
+                    .unwrap_or_else(docker_tls::default_cert_path);
+                Some(docker_tls::load(&dir)?)
+            }
+            _ => None,
+        };
+        Ok(docker::Client::with_tls(endpoint, tls))
     }
 }
 
@@ -215,6 +254,19 @@ pub struct SwarmArgs {
         value_name = "URL"
     )]
     pub docker_host: String,
+    /// Speak TLS to a tcp:// DOCKER_HOST: verify dockerd against ca.pem and
+    /// authenticate with cert.pem/key.pem from --docker-cert-path (as the
+    /// Docker CLI).
+    /// Takes 1/0 as well as true/false, as Docker users write it.
+    #[arg(long, env = "DOCKER_TLS_VERIFY", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
+    pub docker_tls_verify: bool,
+    /// Directory holding ca.pem, cert.pem and key.pem; default ~/.docker.
+    #[arg(long, env = "DOCKER_CERT_PATH", value_name = "DIR")]
+    pub docker_cert_path: Option<PathBuf>,
+    /// The Docker CLI's DOCKER_TLS (TLS without verifying dockerd): refused,
+    /// use DOCKER_TLS_VERIFY.
+    #[arg(long, env = "DOCKER_TLS", hide = true, action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
+    pub docker_tls: bool,
     /// Default rule template; default "Host(`{{ normalize .Name }}.<--domain>`)".
     #[arg(long, env = "EDGE_SWARM_DEFAULT_RULE", value_name = "RULE")]
     pub swarm_default_rule: Option<String>,
@@ -245,6 +297,9 @@ impl SwarmArgs {
     pub fn config(&self, domain: &str) -> SwarmConfig {
         SwarmConfig {
             docker_host: self.docker_host.clone(),
+            docker_tls_verify: self.docker_tls_verify,
+            docker_tls: self.docker_tls,
+            docker_cert_path: self.docker_cert_path.clone(),
             domain: domain.to_string(),
             default_rule: self.swarm_default_rule.clone(),
             exposed_by_default: self.swarm_exposed_by_default,
@@ -810,9 +865,7 @@ pub async fn run(
     tx: tokio::sync::watch::Sender<SwarmSnapshot>,
     mut shutdown: b3_common::Shutdown,
 ) -> anyhow::Result<()> {
-    cfg.validate().map_err(anyhow::Error::msg)?;
-    let endpoint = docker::Endpoint::parse(&cfg.docker_host).map_err(anyhow::Error::msg)?;
-    let client = docker::Client::new(endpoint);
+    let client = cfg.docker_client().map_err(anyhow::Error::msg)?;
     let container = cfg.container.clone().or_else(docker::detect_own_container);
     let mut backoff = BACKOFF_MIN;
     tracing::info!(docker = %client.endpoint(), container = ?container, "swarm provider starting");
