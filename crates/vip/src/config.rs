@@ -31,8 +31,11 @@ pub const DEFAULT_PRIORITY: u8 = 100;
 /// Default advertisement interval in centiseconds: fast, so that a dead
 /// master is replaced in 3 × 0.1 s + skew < 0.4 s (keepalived: 100 cs).
 pub const DEFAULT_ADVERT_INT: u16 = 10;
-/// Address and port the opt-in edge check connects to.
-pub const EDGE_CHECK: &str = "tcp:127.0.0.1:443";
+/// The opt-in edge check: an HTTPS request to the local edge. Any HTTP
+/// status counts (edge answers 404 for an unknown host), so the check
+/// proves that edge accepts connections, completes TLS and answers — a TCP
+/// connect alone would pass with a wedged proxy.
+pub const EDGE_CHECK: &str = "https://127.0.0.1:443/,status=any";
 
 /// One virtual address, as keepalived's `virtual_ipaddress` entries.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -841,9 +844,10 @@ mod tests {
             &[],
         )
         .unwrap();
-        assert_eq!(
-            with_edge.checks[0].probe,
-            Probe::Tcp("127.0.0.1:443".parse().unwrap())
+        assert!(
+            matches!(&with_edge.checks[0].probe, Probe::Http { tls: true, expect: None, addr, .. } if *addr == "127.0.0.1:443".parse().unwrap()),
+            "{:?}",
+            with_edge.checks[0].probe
         );
     }
 
