@@ -3,25 +3,10 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
-
-fn chromium() -> Option<&'static str> {
-    ["chromium", "chromium-browser"].into_iter().find(|c| {
-        Command::new(c)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
-}
 
 #[test]
 fn dashboard_lists_routers_and_shows_a_failing_server_down() {
-    let Some(browser) = chromium() else {
-        eprintln!("SKIPPED: chromium is not installed (apt-get install chromium)");
-        return;
-    };
     let a = backend("a");
     let b = backend("b");
     let cfg = format!(
@@ -45,31 +30,10 @@ http:
     eventually(10, "b down in the API", || {
         edge.api("/api/http/services/shop@file")["serverStatus"][b.url()] == "DOWN"
     });
-    let profile = tempfile::tempdir().unwrap();
-    let out = Command::new("timeout")
-        .args([
-            "50",
-            browser,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-dev-shm-usage",
-            &format!("--user-data-dir={}", profile.path().display()),
-            "--virtual-time-budget=5000",
-            "--dump-dom",
-            &format!("http://127.0.0.1:{}/dashboard/", edge.admin),
-        ])
-        .output()
-        .expect("running chromium");
-    let dom = String::from_utf8_lossy(&out.stdout);
+    let dom = chromium_dom(&format!("http://127.0.0.1:{}/dashboard/", edge.admin));
     assert!(
         dom.contains("shop@file"),
-        "router missing from the DOM:\n{dom}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        "router missing from the DOM:\n{dom}"
     );
     assert!(dom.contains("Host(`shop.b3.swarm`)"), "{dom}");
     // The broken router is listed with its error.

@@ -5,6 +5,9 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+mod common;
+use common::chromium_dom;
+
 use b3_tests::dockerd::Dockerd;
 use b3_tests::http::{free_port, get};
 use b3_tests::process::ChildGuard;
@@ -13,20 +16,8 @@ use b3_tests::wait;
 const IMAGE: &str = "b3/busybox:test";
 const NET: &str = "dashnet";
 
-fn chromium() -> Option<&'static str> {
-    ["chromium", "chromium-browser"].into_iter().find(|c| {
-        Command::new(c)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
-}
-
 #[test]
 fn swarm_dashboard_shows_routed_and_broken_services() {
-    let Some(browser) = chromium() else {
-        panic!("chromium is not installed: scripts/test installs it (apt-get install chromium)");
-    };
     let d = Dockerd::start().unwrap();
     d.swarm_init().unwrap();
     d.import_busybox(IMAGE).unwrap();
@@ -105,32 +96,8 @@ fn swarm_dashboard_shows_routed_and_broken_services() {
         )
     });
 
-    let profile = tempfile::tempdir().unwrap();
-    let out = Command::new("timeout")
-        .args([
-            "50",
-            browser,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-dev-shm-usage",
-            &format!("--user-data-dir={}", profile.path().display()),
-            "--virtual-time-budget=5000",
-            "--dump-dom",
-            &format!("http://127.0.0.1:{admin}/dashboard/"),
-        ])
-        .output()
-        .expect("running chromium");
-    let dom = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        dom.contains("Swarm services"),
-        "no Swarm section:\n{dom}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let dom = chromium_dom(&format!("http://127.0.0.1:{admin}/dashboard/"));
+    assert!(dom.contains("Swarm services"), "no Swarm section:\n{dom}");
     let row = |name: &str| {
         dom.split("<tr")
             .find(|r| r.contains("swarm-service") && r.contains(&format!("<td>{name}</td>")))

@@ -462,3 +462,44 @@ pub fn write_cert(dir: &Path, file: &str, name: &str) -> (PathBuf, PathBuf) {
     std::fs::rename(dir.join(".tmp.crt"), &c).expect("rename cert");
     (c, k)
 }
+
+/// The page at `url` after its scripts ran, as headless Chromium (Debian's
+/// `chromium`, installed by scripts/test) renders it.
+pub fn chromium_dom(url: &str) -> String {
+    let browser = ["chromium", "chromium-browser"]
+        .into_iter()
+        .find(|c| {
+            Command::new(c)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .expect("chromium is not installed: scripts/test installs it (apt-get install chromium)");
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new("timeout")
+        .args([
+            "50",
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            &format!("--user-data-dir={}", profile.path().display()),
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            url,
+        ])
+        .output()
+        .expect("running chromium");
+    let dom = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        dom.contains("<html"),
+        "chromium rendered nothing for {url}; stderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dom
+}
