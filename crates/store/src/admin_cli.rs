@@ -86,6 +86,9 @@ pub async fn status(args: &ClientArgs) -> anyhow::Result<()> {
         s.pgs_total, s.pgs_clean, s.pgs_degraded, s.pgs_inactive, s.size, s.min_size
     );
     println!("  objects: {}", s.objects);
+    if let Some(m) = &s.maint {
+        crate::maint::cli::print_status(m, s.pgs_total);
+    }
     Ok(())
 }
 

@@ -107,6 +107,9 @@ pub struct Status {
     pub pgs_inactive: u32,
     /// Objects stored.
     pub objects: u64,
+    /// Recovery, scrub, GC and capacity over the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maint: Option<crate::maint::MaintStatus>,
 }
 
 /// One node as `store nodes` shows it.
@@ -182,6 +185,7 @@ pub struct Api {
     cluster: Arc<Cluster>,
     replicator: Replicator,
     gauges: Gauges,
+    maint: std::sync::OnceLock<Arc<crate::maint::Maintenance>>,
 }
 
 fn label(k: &str, v: &str) -> Vec<(String, String)> {
@@ -281,7 +285,22 @@ impl Api {
             cluster,
             replicator,
             gauges: g,
+            maint: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Adds the maintenance jobs' status and endpoints.
+    pub fn attach(&self, maint: Arc<crate::maint::Maintenance>) {
+        let _ = self.maint.set(maint);
+    }
+
+    /// [`Api::status`] with recovery, scrub, GC and capacity folded in.
+    pub async fn full_status(&self) -> Status {
+        let mut s = self.status();
+        if let Some(m) = self.maint.get() {
+            crate::maint::health::fold_into(&mut s, m.status().await);
+        }
+        s
     }
 
     /// The admin endpoint handler.
@@ -354,6 +373,11 @@ impl Api {
                 Err(msg) => error(StatusCode::BAD_REQUEST, &msg),
             };
         }
+        if let Some(m) = self.maint.get() {
+            if let Some(resp) = m.route(req.method(), &path).await {
+                return resp;
+            }
+        }
         if let Some(rest) = path.strip_prefix("/v1/nodes/") {
             return self.change_node(req.method(), rest).await;
         }
@@ -364,7 +388,7 @@ impl Api {
             );
         }
         match path.as_str() {
-            "/v1/status" => admin::json(StatusCode::OK, &self.status()),
+            "/v1/status" => admin::json(StatusCode::OK, &self.full_status().await),
             "/v1/nodes" => admin::json(StatusCode::OK, &self.node_list()),
             "/v1/df" => admin::json(StatusCode::OK, &self.df().await),
             _ => error(
@@ -933,6 +957,7 @@ impl Api {
             pgs_degraded: degraded,
             pgs_inactive: inactive,
             objects: self.cluster.meta().count_prefix("o/").unwrap_or(0),
+            maint: None,
         }
     }
 
@@ -1090,6 +1115,7 @@ fn replication_error(e: &ReplicationError) -> Response<Body> {
     } else {
         match e {
             ReplicationError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ReplicationError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         }
     };

@@ -32,19 +32,27 @@ pub enum Command {
     /// Print a token that lets another node join this node's cluster.
     JoinToken(JoinTokenArgs),
     /// Run a storage node (chunks + metadata) until SIGTERM/SIGINT.
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Cluster health, quorum, leader, nodes and placement groups.
     Status(ClientArgs),
     /// The nodes of the cluster map (like `ceph osd tree`).
     Nodes(ClientArgs),
     /// Space used and available, per node and in total (like `ceph df`).
     Df(ClientArgs),
-    /// Remove a node from the cluster map and the metadata group (stop it
-    /// first; it rejoins if restarted).
+    /// Planned maintenance: `store node out|in|remove ID` (remove drains
+    /// the node first, with progress).
+    Node(crate::maint::cli::NodeCmd),
+    /// Check every chunk copy against its crc32 now and repair bad ones
+    /// from good replicas, with progress.
+    Scrub(crate::maint::cli::ScrubArgs),
+    /// Remove a node from the cluster map at once, without draining (same
+    /// as `store node remove --no-drain`; stop it first, it rejoins if
+    /// restarted).
     RemoveNode(NodeArgs),
-    /// Stop placing new data on a node (it keeps its vote and its chunks).
+    /// Stop placing data on a node; its chunks move to the others (same as
+    /// `store node out`).
     Out(NodeArgs),
-    /// Place data on a node again after `store out`.
+    /// Place data on a node again after `store out` (same as `store node in`).
     In(NodeArgs),
     /// Mount the filesystem on DIR (foreground) until SIGTERM/SIGINT.
     Mount(crate::mount::MountArgs),
@@ -156,6 +164,9 @@ pub struct ServerArgs {
     /// (clusters of 4+ nodes).
     #[arg(long, env = "STORE_VOTER_GRACE", default_value = "60s", value_parser = humantime::parse_duration)]
     pub voter_grace: Duration,
+
+    #[command(flatten)]
+    pub maint: crate::maint::MaintArgs,
 }
 
 /// Flags of the admin commands.
@@ -183,10 +194,12 @@ pub async fn run(command: Command, shutdown: Shutdown) -> anyhow::Result<()> {
             println!("{}", id.join_token(args.ttl)?);
             Ok(())
         }
-        Command::Server(args) => crate::server::run(args, shutdown).await,
+        Command::Server(args) => crate::server::run(*args, shutdown).await,
         Command::Status(args) => crate::admin_cli::status(&args).await,
         Command::Nodes(args) => crate::admin_cli::nodes(&args).await,
         Command::Df(args) => crate::admin_cli::df(&args).await,
+        Command::Node(c) => crate::maint::cli::node(c).await,
+        Command::Scrub(a) => crate::maint::cli::scrub(a).await,
         Command::RemoveNode(a) => crate::admin_cli::change_node(&a.client, &a.id, "remove").await,
         Command::Out(a) => crate::admin_cli::change_node(&a.client, &a.id, "out").await,
         Command::In(a) => crate::admin_cli::change_node(&a.client, &a.id, "in").await,

@@ -21,6 +21,7 @@ pub mod chunk;
 pub mod cli;
 pub mod cluster;
 pub mod fs;
+pub mod maint;
 pub mod mount;
 pub mod net;
 pub mod placement;

@@ -79,7 +79,14 @@ pub enum ReplicationError {
     /// Chunk over the size limit.
     #[error("chunk of {0} bytes is over the {MAX_CHUNK}-byte limit")]
     TooLarge(usize),
+    /// A replica the chunk would land on is full (HTTP 507, ENOSPC).
+    #[error("{0}")]
+    Full(String),
 }
+
+/// Checks a write's replica set before any byte is sent (capacity limits,
+/// see `maint`); `Err` names the reason the write is refused.
+pub type Admission = Arc<dyn Fn(&[NodeInfo]) -> Result<(), String> + Send + Sync>;
 
 /// Counters the replicator exports.
 #[derive(Debug, Clone, Default)]
@@ -103,6 +110,7 @@ pub struct ReplicationMetrics {
 pub struct Replicator {
     cluster: Arc<Cluster>,
     local: ChunkStore,
+    admission: Option<Admission>,
     /// Counters.
     pub metrics: ReplicationMetrics,
 }
@@ -113,8 +121,15 @@ impl Replicator {
         Self {
             cluster,
             local,
+            admission: None,
             metrics: ReplicationMetrics::default(),
         }
+    }
+
+    /// Refuses writes that `check` rejects (e.g. a full replica).
+    pub fn with_admission(mut self, check: Admission) -> Self {
+        self.admission = Some(check);
+        self
     }
 
     /// The local chunk store.
@@ -143,6 +158,9 @@ impl Replicator {
             .into_iter()
             .filter(|n| self.cluster.is_up(n.id))
             .collect();
+        if let Some(check) = &self.admission {
+            check(&up).map_err(ReplicationError::Full)?;
+        }
         if up.len() < s.min_size {
             return Err(ReplicationError::BelowMinSize {
                 pg,

@@ -26,6 +26,9 @@ const JOIN_RETRY_FOR: Duration = Duration::from_secs(60);
 pub async fn run(args: ServerArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = args.dir.data_dir.clone();
+    if let Err(e) = args.maint.validate() {
+        return b3_common::daemon::usage(e);
+    }
     prepare_data_dir(&dir)?;
     let identity = match Identity::load(&dir)? {
         Some(id) => id,
@@ -65,6 +68,7 @@ pub async fn run(args: ServerArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         election_ms,
         snapshot_every: args.snapshot_every,
         voter_grace: args.voter_grace,
+        down_after: args.maint.down_after,
     };
     let cluster = Cluster::start(
         identity.clone(),
@@ -75,13 +79,21 @@ pub async fn run(args: ServerArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         is_founder(&dir),
     )
     .await?;
-    let replicator = Replicator::new(cluster.clone(), chunks.clone());
-
-    tokio::spawn(
-        transport
-            .clone()
-            .serve(service(cluster.clone(), chunks.clone()), shutdown.clone()),
+    let maint = crate::maint::Maintenance::new(
+        cluster.clone(),
+        chunks.clone(),
+        &dir,
+        args.maint.clone(),
+        crate::maint::gc::default_sources(),
     );
+    let replicator =
+        Replicator::new(cluster.clone(), chunks.clone()).with_admission(maint.admission());
+
+    tokio::spawn(transport.clone().serve(
+        maint.wrap(service(cluster.clone(), chunks.clone())),
+        shutdown.clone(),
+    ));
+    maint.spawn(replicator.metrics.clone(), shutdown.clone());
     tokio::spawn(cluster.clone().run_background(shutdown.clone()));
     tokio::spawn(register(
         cluster.clone(),
@@ -90,7 +102,9 @@ pub async fn run(args: ServerArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     ));
 
     let mut registry = admin::registry("store", env!("CARGO_PKG_VERSION"));
+    maint.register_metrics(&mut registry);
     let api = crate::api::Api::new(cluster.clone(), replicator, &mut registry);
+    api.attach(maint.clone());
     tokio::spawn(api.clone().run_metrics(shutdown.clone()));
     let health_dir = dir.clone();
     let health_cluster = cluster.clone();

@@ -40,7 +40,7 @@ pub use types::{Check, Command, CommandResult, NodeId, NodeInfo, Op, Raft, RaftN
 
 /// How long a write may wait for a leader to commit it.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// A node not heard from for this long is down.
+/// Default of `--down-after`: a node not heard from for this long is down.
 pub const DOWN_AFTER: Duration = Duration::from_secs(5);
 const HEARTBEAT: Duration = Duration::from_secs(1);
 /// Time a heartbeat may take (generous: a loaded node is not a dead one).
@@ -74,6 +74,8 @@ pub struct RaftSettings {
     pub snapshot_every: u64,
     /// A voter down this long is replaced by an up-to-date learner.
     pub voter_grace: Duration,
+    /// A node not heard from for this long is down (`--down-after`).
+    pub down_after: Duration,
 }
 
 impl Default for RaftSettings {
@@ -83,6 +85,7 @@ impl Default for RaftSettings {
             election_ms: 1000,
             snapshot_every: 1000,
             voter_grace: Duration::from_secs(60),
+            down_after: DOWN_AFTER,
         }
     }
 }
@@ -101,6 +104,7 @@ pub struct Cluster {
     last_seen: Mutex<HashMap<NodeId, Instant>>,
     started: Instant,
     voter_grace: Duration,
+    down_after: Duration,
 }
 
 /// What `store status` shows about the metadata group.
@@ -186,6 +190,7 @@ impl Cluster {
             last_seen: Mutex::new(HashMap::new()),
             started: Instant::now(),
             voter_grace: settings.voter_grace,
+            down_after: settings.down_after,
         }))
     }
 
@@ -209,11 +214,11 @@ impl Cluster {
         if id == self.me.id {
             return true;
         }
-        self.down_for(id) < DOWN_AFTER
+        self.down_for(id) < self.down_after
     }
 
     /// How long node `id` has not answered (since start if never).
-    fn down_for(&self, id: NodeId) -> Duration {
+    pub fn down_for(&self, id: NodeId) -> Duration {
         if id == self.me.id {
             return Duration::ZERO;
         }
