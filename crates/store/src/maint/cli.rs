@@ -170,6 +170,7 @@ async fn drain(server: &str, id: &str, timeout: Duration) -> anyhow::Result<()> 
 /// Runs `store scrub`.
 pub async fn scrub(a: ScrubArgs) -> anyhow::Result<()> {
     let server = a.client.server.as_str();
+    let before = maint(server).await?.scrub.passes;
     let body = request(server, "POST", "/v1/scrub").await?;
     if a.client.json && a.no_wait {
         print!("{body}");
@@ -205,7 +206,9 @@ pub async fn scrub(a: ScrubArgs) -> anyhow::Result<()> {
             sc.repaired,
             sc.unrepairable
         );
-        if sc.running == 0 {
+        // Reports travel once a second: wait until every started pass has
+        // been seen finishing, not just "nothing running yet".
+        if sc.running == 0 && sc.passes >= before + started as u64 {
             if a.client.json {
                 println!("{}", serde_json::to_string(&s.scrub)?);
             }

@@ -576,15 +576,14 @@ impl Maintenance {
 
     /// This node's capacity state.
     pub fn local_fullness(&self) -> Fullness {
-        let (total, avail) = crate::chunk::fs_space(&self.data_dir);
-        Fullness::of(used_ratio(total, avail), &self.args)
+        Fullness::of(used_ratio(&self.data_dir), &self.args)
     }
 
     /// This node's report.
     pub async fn report(&self) -> NodeReport {
         let (total, avail) = crate::chunk::fs_space(&self.data_dir);
         let inv = self.inventory(Duration::from_secs(5)).await;
-        let ratio = used_ratio(total, avail);
+        let ratio = used_ratio(&self.data_dir);
         NodeReport {
             node_id: self.cluster.me.id,
             epoch: self.cluster.nodes().1,
@@ -760,12 +759,29 @@ fn encode_maint(reply: &Result<MaintReply, RemoteError>) -> Vec<u8> {
     })
 }
 
-/// Fraction of a filesystem in use.
-pub fn used_ratio(total: u64, avail: u64) -> f64 {
-    if total == 0 {
+/// Fraction of the filesystem holding `path` in use, as `df` shows it:
+/// used / (used + available to unprivileged users), so blocks reserved
+/// for root (or missing from a thin volume) do not count as used.
+pub fn used_ratio(path: &Path) -> f64 {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return 0.0;
+    };
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out-pointer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
         return 0.0;
     }
-    1.0 - (avail as f64 / total as f64)
+    ratio_of(st.f_blocks as u64, st.f_bfree as u64, st.f_bavail as u64)
+}
+
+/// `df`'s use fraction from block counts (total, free, available).
+fn ratio_of(total: u64, free: u64, avail: u64) -> f64 {
+    let used = total.saturating_sub(free);
+    if used + avail == 0 {
+        return 0.0;
+    }
+    used as f64 / (used + avail) as f64
 }
 
 /// Packs ids for `HasChunks`.
@@ -834,6 +850,16 @@ mod tests {
         assert!(parse_bytes("5 parsecs")
             .unwrap_err()
             .contains("unknown unit"));
+    }
+
+    #[test]
+    fn use_ratio_is_dfs() {
+        // 100 blocks, 40 free of which 30 available: 60 / (60 + 30).
+        assert!((ratio_of(100, 40, 30) - 60.0 / 90.0).abs() < 1e-9);
+        assert_eq!(ratio_of(0, 0, 0), 0.0);
+        assert_eq!(ratio_of(100, 100, 100), 0.0);
+        let r = used_ratio(Path::new("/"));
+        assert!((0.0..=1.0).contains(&r));
     }
 
     #[test]

@@ -312,12 +312,20 @@ pub async fn pass(m: &Arc<Maintenance>) {
     if complete && m.cluster.nodes().1 == epoch {
         p.pass_epoch = Some(epoch);
     }
-    if p.missing_chunks > 0 {
-        // Something could not be copied: try again soon, not in a full interval.
-        drop(p);
+    // Unfinished business (a copy failed, or surplus waits for the new
+    // replicas to fill): look again soon rather than in a full interval.
+    let again = if p.missing_chunks > 0 {
+        Some(Duration::from_secs(2))
+    } else if p.unsynced_chunks > 0 {
+        Some(Duration::from_secs(5))
+    } else {
+        None
+    };
+    drop(p);
+    if let Some(after) = again {
         let m = m.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(2)).await;
+            tokio::time::sleep(after).await;
             m.recovery.kick();
         });
     }

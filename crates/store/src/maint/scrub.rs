@@ -70,6 +70,8 @@ pub struct ScrubSummary {
     pub nodes_finished: u32,
     /// Nodes counted.
     pub nodes: u32,
+    /// Passes finished, summed over the nodes (since each started).
+    pub passes: u64,
 }
 
 impl ScrubSummary {
@@ -83,6 +85,7 @@ impl ScrubSummary {
         self.repaired += p.repaired;
         self.unrepairable += p.unrepairable;
         self.nodes_finished += u32::from(p.passes > 0);
+        self.passes += p.passes;
         self.oldest_finished_ms = match (self.nodes, self.oldest_finished_ms, p.last_finished_ms) {
             (1, _, v) => v,
             (_, Some(a), Some(b)) => Some(a.min(b)),
@@ -153,8 +156,13 @@ impl Scrub {
         }
         let last = self.lock().last_finished_ms;
         let Some(last) = last else {
-            // Never scrubbed: start after a short settling delay.
-            return Some(Duration::from_secs(60));
+            // A new node: its chunks were all checked on arrival, so the
+            // first pass is due one interval from now (not at once, which
+            // would make every fresh cluster scrub while it fills).
+            let now = now_ms();
+            self.lock().last_finished_ms = Some(now);
+            let _ = std::fs::write(&self.state_file, now.to_string());
+            return Some(self.interval);
         };
         let due = last.saturating_add(self.interval.as_millis() as u64);
         Some(Duration::from_millis(due.saturating_sub(now_ms())))
