@@ -251,7 +251,12 @@ pub async fn pass(m: &Arc<Maintenance>) {
                 wanted.len()
             ));
         } else {
-            unfound = copy_missing(m, wanted, &sets).await;
+            let failed = copy_missing(m, wanted, &sets).await;
+            unfound = failed.len() as u64;
+            let mut p = r.lock();
+            p.missing_chunks = failed.len() as u64;
+            p.missing_bytes = failed.iter().map(|(_, l)| u64::from(*l)).sum();
+            p.recovering_pgs = pgs_of(&mut failed.iter().map(|(id, _)| id));
         }
     }
 
@@ -331,12 +336,12 @@ pub async fn pass(m: &Arc<Maintenance>) {
     }
 }
 
-/// Copies the `wanted` chunks here; returns how many no source could give.
+/// Copies the `wanted` chunks here; returns those no source could give.
 async fn copy_missing(
     m: &Arc<Maintenance>,
     wanted: HashMap<ChunkId, (u32, Vec<NodeInfo>)>,
     sets: &[Vec<NodeInfo>],
-) -> u64 {
+) -> Vec<(ChunkId, u32)> {
     let r = &m.recovery;
     let pg_count = m.cluster.identity.settings.pg_count;
     let mut queue: VecDeque<(ChunkId, u32, Vec<NodeInfo>)> = wanted
@@ -349,7 +354,7 @@ async fn copy_missing(
         })
         .collect();
     let mut tasks = tokio::task::JoinSet::new();
-    let mut unfound = 0;
+    let mut unfound = Vec::new();
     loop {
         let limit = r.throttle.limits().concurrency(r.throttle.busy());
         while tasks.len() < limit {
@@ -388,8 +393,8 @@ async fn copy_missing(
                 drop(p);
                 r.record_moved(bytes);
             }
-            Ok(Err((id, _, problem))) => {
-                unfound += 1;
+            Ok(Err((id, len, problem))) => {
+                unfound.push((id, len));
                 tracing::warn!(chunk = %id, problem = %problem, "recovery could not copy a chunk; will retry");
             }
             Err(e) => tracing::warn!(error = %e, "recovery task failed"),
