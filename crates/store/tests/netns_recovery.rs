@@ -101,13 +101,13 @@ fn a_node_behind_a_dead_link_is_re_replicated_and_backfilled() {
     let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let first = format!("{}:7400", lab.host(0).ip());
     let mut nodes: Vec<ChildGuard> = Vec::new();
-    for i in 0..4 {
+    for (i, dir) in dirs.iter().enumerate() {
         let host = lab.host(i);
         let log = std::fs::File::create(tmp.path().join(format!("n{i}.log"))).unwrap();
         let mut cmd = host.command(bin());
         cmd.arg("server")
             .arg("--data-dir")
-            .arg(&dirs[i])
+            .arg(dir)
             .args(["--listen", &format!("{}:7400", host.ip())])
             .args(["--admin-addr", &admin(i)])
             .args(["--failure-domain", &format!("host{i}")])
