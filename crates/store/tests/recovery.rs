@@ -399,7 +399,7 @@ fn a_full_node_refuses_writes_with_507_and_recovers_when_space_returns() {
 #[test]
 fn kills_during_a_large_write_and_during_recovery_lose_nothing_acknowledged() {
     let mut args: Vec<&str> = FAST.to_vec();
-    args.extend_from_slice(&["--recovery-bandwidth", "4MiB", "--recovery-max-active", "1"]);
+    args.extend_from_slice(&["--recovery-bandwidth", "2MiB", "--recovery-max-active", "1"]);
     let mut c = Cluster::start(4, &[], &args);
     let base = write_dataset(&c, 0, "base");
     let admin = c.nodes[0].admin;
@@ -416,19 +416,16 @@ fn kills_during_a_large_write_and_during_recovery_lose_nothing_acknowledged() {
             }
         })
     };
-    c.wait_for(Duration::from_secs(60), "a few writes acknowledged", |_| {
-        (acked.lock().unwrap().len() >= 4).then_some(())
-    });
-    c.kill9(3);
-    writer.join().unwrap();
-    let acked = acked.lock().unwrap().clone();
-    assert!(
-        acked.len() >= 12,
-        "only {} of 24 writes acknowledged",
-        acked.len()
+    c.wait_for(
+        Duration::from_secs(90),
+        "a dozen writes acknowledged",
+        |_| (acked.lock().unwrap().len() >= 12).then_some(()),
     );
+    c.kill9(3);
 
-    // Node 3 goes out; kill a node that is copying, mid-recovery.
+    // Node 3 goes out; kill a node that is copying, mid-recovery (the
+    // writer goes on meanwhile; writes to groups that lost two replicas
+    // are refused, never acknowledged short).
     c.wait_for(Duration::from_secs(30), "recovery under way", |c| {
         let m = maint(c, 0)?;
         (m["chunks_to_move"].as_u64()? > 2).then_some(())
@@ -438,6 +435,13 @@ fn kills_during_a_large_write_and_during_recovery_lose_nothing_acknowledged() {
     c.kill9(1);
     std::thread::sleep(Duration::from_secs(3));
     c.spawn(1);
+    writer.join().unwrap();
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() >= 12,
+        "only {} of 24 writes acknowledged",
+        acked.len()
+    );
     c.wait_for(Duration::from_secs(120), "three copies on nodes 0-2", |c| {
         let m = maint(c, 0)?;
         (m["pgs_recovering"] == 0 && m["chunks_to_move"] == 0 && exactly(c, &[0, 1, 2], 3))
