@@ -44,7 +44,10 @@ pub async fn run(args: ServerArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     };
     let chunks = ChunkStore::open(dir.join("chunks"))
         .with_context(|| format!("opening the chunk directory under {}", dir.display()))?;
-    let (fs_total, _) = crate::chunk::fs_space(&dir);
+    // Default weight: the space this node can give the store — free space
+    // plus what its chunks already use — so a disk shared with other data
+    // gets a share matching what is really available.
+    let usable = crate::maint::usable_space(&chunks);
     let me = NodeInfo {
         id: identity.node_id,
         addr: advertise,
@@ -53,7 +56,7 @@ pub async fn run(args: ServerArgs, shutdown: Shutdown) -> anyhow::Result<()> {
             Some(d) => d.clone(),
             None => hostname(),
         },
-        weight: args.weight.unwrap_or((fs_total >> 30).max(1)),
+        weight: args.weight.unwrap_or((usable >> 30).max(1)),
         is_in: true,
     };
     let meta = MetaStore::open(&dir)?;

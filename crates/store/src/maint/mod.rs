@@ -582,7 +582,9 @@ impl Maintenance {
     /// This node's report.
     pub async fn report(&self) -> NodeReport {
         let (total, avail) = crate::chunk::fs_space(&self.data_dir);
-        let inv = self.inventory(Duration::from_secs(5)).await;
+        // Counts for status only: a listing up to 30 s old spares a
+        // directory walk per peer poll.
+        let inv = self.inventory(Duration::from_secs(30)).await;
         let ratio = used_ratio(&self.data_dir);
         NodeReport {
             node_id: self.cluster.me.id,
@@ -757,6 +759,15 @@ fn encode_maint(reply: &Result<MaintReply, RemoteError>) -> Vec<u8> {
         wire::to_header(&Err::<MaintReply, _>(RemoteError::Other(e.to_string())))
             .unwrap_or_default()
     })
+}
+
+/// Bytes the store can use on a node: free space plus its chunks' bytes
+/// (the default placement weight, in GiB).
+pub fn usable_space(local: &ChunkStore) -> u64 {
+    match local.usage() {
+        Ok(u) => u.fs_avail + u.bytes,
+        Err(_) => crate::chunk::fs_space(local.root()).0,
+    }
 }
 
 /// Fraction of the filesystem holding `path` in use, as `df` shows it:
