@@ -450,7 +450,7 @@ pub fn fold_into(status: &mut crate::api::Status, m: MaintStatus) {
         let mut text = format!("node {} down for {}s", n.id, n.down_for_s);
         match (n.is_in, n.out_in_s) {
             (true, Some(s)) => text.push_str(&format!("; marked out in {s}s unless it returns")),
-            (false, _) => text.push_str("; out, its data re-replicated elsewhere"),
+            (false, _) => text.push_str("; out: its data moves to the other nodes"),
             _ => {}
         }
         status.checks.push(text);

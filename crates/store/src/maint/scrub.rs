@@ -102,6 +102,8 @@ pub struct Scrub {
     wanted: AtomicBool,
     wake: Notify,
     state: Mutex<ScrubProgress>,
+    /// When the schedule started on a node that never finished a pass.
+    first_start_ms: Mutex<Option<u64>>,
 }
 
 impl Scrub {
@@ -127,6 +129,7 @@ impl Scrub {
                 last_finished_ms: last,
                 ..Default::default()
             }),
+            first_start_ms: Mutex::new(None),
         }
     }
 
@@ -155,14 +158,17 @@ impl Scrub {
             return None;
         }
         let last = self.lock().last_finished_ms;
-        let Some(last) = last else {
-            // A new node: its chunks were all checked on arrival, so the
-            // first pass is due one interval from now (not at once, which
-            // would make every fresh cluster scrub while it fills).
-            let now = now_ms();
-            self.lock().last_finished_ms = Some(now);
-            let _ = std::fs::write(&self.state_file, now.to_string());
-            return Some(self.interval);
+        // A node that never finished a pass: its chunks were checked on
+        // arrival, so the first pass is due one interval after it started
+        // (not at once, which would make every fresh cluster scrub while
+        // it fills).
+        let last = match last {
+            Some(l) => l,
+            None => *self
+                .first_start_ms
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_or_insert_with(now_ms),
         };
         let due = last.saturating_add(self.interval.as_millis() as u64);
         Some(Duration::from_millis(due.saturating_sub(now_ms())))
