@@ -76,8 +76,8 @@ pub struct MaintArgs {
     pub recovery_max_active: u64,
 
     /// Share of the recovery bandwidth left to recovery while clients are
-    /// reading or writing on the node (0.05-1; one transfer at a time).
-    #[arg(long, env = "STORE_RECOVERY_BUSY_FRACTION", default_value_t = 0.25, value_parser = parse_fraction)]
+    /// reading or writing on the node (0.01-1; one transfer at a time).
+    #[arg(long, env = "STORE_RECOVERY_BUSY_FRACTION", default_value_t = 0.05, value_parser = parse_fraction)]
     pub recovery_busy_fraction: f64,
 
     /// Compare chunk lists with peers at least this often (a map change
@@ -90,7 +90,7 @@ pub struct MaintArgs {
     #[arg(long, env = "STORE_SCRUB_INTERVAL", default_value = "7d", value_parser = humantime::parse_duration)]
     pub scrub_interval: Duration,
 
-    /// Scrub read bandwidth per node, bytes per second (a quarter of it
+    /// Scrub read bandwidth per node, bytes per second (a tenth of it
     /// while clients are busy; 0 = unlimited).
     #[arg(long, env = "STORE_SCRUB_BANDWIDTH", default_value = "50MiB", value_parser = parse_bytes)]
     pub scrub_bandwidth: u64,
@@ -125,7 +125,7 @@ impl Default for MaintArgs {
             out_after: Duration::from_secs(60),
             recovery_bandwidth: 200 << 20,
             recovery_max_active: 4,
-            recovery_busy_fraction: 0.25,
+            recovery_busy_fraction: 0.05,
             recovery_interval: Duration::from_secs(30),
             scrub_interval: Duration::from_secs(7 * 24 * 3600),
             scrub_bandwidth: 50 << 20,
@@ -185,8 +185,8 @@ fn parse_fraction(s: &str) -> Result<f64, String> {
         .trim()
         .parse()
         .map_err(|_| format!("{s:?} is not a number between 0 and 1"))?;
-    if !(0.05..=1.0).contains(&v) {
-        return Err(format!("{v} is outside 0.05..=1"));
+    if !(0.01..=1.0).contains(&v) {
+        return Err(format!("{v} is outside 0.01..=1"));
     }
     Ok(v)
 }

@@ -2,7 +2,7 @@
 //!
 //! A full pass runs every `--scrub-interval` (counted from the end of the
 //! last one, remembered in `<data-dir>/scrub-last` across restarts) or when
-//! `store scrub` asks. Reads are paced by `--scrub-bandwidth` (a quarter of
+//! `store scrub` asks. Reads are paced by `--scrub-bandwidth` (a tenth of
 //! it while clients use the node). A copy that fails its checksum is
 //! replaced by a good copy fetched from another node (each transfer is
 //! checked too); when no node has a good copy the chunk is reported as
@@ -111,7 +111,7 @@ impl Scrub {
     pub fn new(args: &MaintArgs, load: LoadMeter, dir: &Path) -> Self {
         let limits = Limits {
             idle_bps: args.scrub_bandwidth,
-            busy_fraction: 0.25,
+            busy_fraction: 0.1,
             idle_concurrency: 1,
             busy_concurrency: 1,
         };
