@@ -255,7 +255,7 @@ fn dockerd_stack_config_validates() {
     assert!(err.contains("B3_VIP"), "{err}");
 }
 
-/// Removes the test's dummy link (and so its addresses) on drop.
+/// Removes the test's veth pair (and so its addresses) on drop.
 struct Link(String);
 
 impl Drop for Link {
@@ -371,8 +371,9 @@ fn dockerd_stack_deploys_end_to_end() {
     d.import_busybox("b3/busybox:test").unwrap();
 
     // The host side, installed into the fixture's directory.
-    let store_dir = dir.join("store");
-    let data = dir.join("data");
+    // (Not `data`: that is the fixture dockerd's data-root.)
+    let store_dir = dir.join("b3-store");
+    let data = dir.join("b3-data");
     let prefix = dir.join("prefix");
     let units = dir.join("units");
     let out = Command::new(repo().join("deploy/install-host"))
@@ -395,10 +396,21 @@ fn dockerd_stack_deploys_end_to_end() {
     assert!(store_dir.is_dir() && data.is_dir());
     let unit = std::fs::read_to_string(units.join("b3-data.service")).unwrap();
 
-    // A dummy link of our own for the VIP: VRRP adverts go nowhere.
+    // A veth pair of our own for the VIP: VRRP adverts go only to its peer.
     let n = std::process::id() % 200 + 20;
     let link = Link(format!("b3dep{n}"));
-    b3_tests::run(Command::new("ip").args(["link", "add", &link.0, "type", "dummy"])).unwrap();
+    b3_tests::run(Command::new("ip").args([
+        "link",
+        "add",
+        &link.0,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &format!("{}p", link.0),
+    ]))
+    .unwrap();
+    b3_tests::run(Command::new("ip").args(["link", "set", &format!("{}p", link.0), "up"])).unwrap();
     b3_tests::run(Command::new("ip").args([
         "addr",
         "add",
@@ -462,7 +474,7 @@ fn dockerd_stack_deploys_end_to_end() {
     let argv: Vec<&str> = exec.split_whitespace().collect();
     let _unmount = Unmount(data.clone());
     let mount_log = std::fs::File::create(dir.join("mount.log")).unwrap();
-    let _mount = ChildGuard::spawn(
+    let mut mount = ChildGuard::spawn(
         "store mount",
         Command::new(argv[0])
             .args(&argv[1..])
@@ -471,6 +483,19 @@ fn dockerd_stack_deploys_end_to_end() {
             .stderr(mount_log),
     )
     .unwrap();
+    let mount_log = || std::fs::read_to_string(dir.join("mount.log")).unwrap_or_default();
+    wait::until(
+        "/data to be mounted",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || (is_mounted(&data) || !mount.is_running()).then_some(()),
+    )
+    .unwrap_or_else(|e| panic!("{e}\nmount log:\n{}", mount_log()));
+    assert!(
+        is_mounted(&data),
+        "`{exec}` exited without mounting:\n{}",
+        mount_log()
+    );
     let post = unit_value(&unit, "ExecStartPost");
     let script = post
         .strip_prefix("/bin/sh -c '")
@@ -482,9 +507,9 @@ fn dockerd_stack_deploys_end_to_end() {
         .unwrap();
     assert!(
         out.status.success() && is_mounted(&data) && data.join("edge").is_dir(),
-        "/data did not come up: {}\nmount log:\n{}",
+        "the unit's ExecStartPost failed: {}\nmount log:\n{}",
         String::from_utf8_lossy(&out.stderr),
-        std::fs::read_to_string(dir.join("mount.log")).unwrap_or_default()
+        mount_log()
     );
 
     // HTTPS through edge (started once /data/edge exists) to the demo.
