@@ -469,6 +469,60 @@ fn dockerd_stack_deploys_end_to_end() {
         "the companion founded the cluster in the host directory"
     );
 
+    // The companions find each other through Swarm's DNS on their private
+    // overlay, and nothing outside Swarm can attach to it.
+    let boot_ips = d.task_ips("b3t_store-bootstrap", "b3t_bootstrap").unwrap();
+    assert_eq!(boot_ips.len(), 1, "one companion task: {boot_ips:?}");
+    d.run(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "b3t-dnscheck",
+        "--restart-condition",
+        "none",
+        "--network",
+        "b3t_bootstrap",
+        "b3/busybox:test",
+        "nslookup",
+        "tasks.store-bootstrap",
+    ])
+    .unwrap();
+    wait::until(
+        "tasks.store-bootstrap to resolve on the bootstrap overlay",
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || {
+            let out = d.run(&["service", "logs", "--raw", "b3t-dnscheck"]).ok()?;
+            out.contains(&format!("Address: {}", boot_ips[0]))
+                .then_some(())
+        },
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\n{}",
+            d.run(&["service", "logs", "--raw", "b3t-dnscheck"])
+                .unwrap_or_default()
+        )
+    });
+    d.run(&["service", "rm", "b3t-dnscheck"]).unwrap();
+    let attach = d
+        .docker()
+        .args([
+            "run",
+            "--rm",
+            "--network",
+            "b3t_bootstrap",
+            "b3/busybox:test",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !attach.status.success(),
+        "a plain container attached to the bootstrap overlay"
+    );
+
     // /data on the host, exactly as the unit runs it.
     let exec = unit_value(&unit, "ExecStart");
     let argv: Vec<&str> = exec.split_whitespace().collect();
