@@ -631,6 +631,21 @@ fn dockerd_stack_deploys_end_to_end() {
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", logs(&d)));
 
+    // The images' health checks (`store status`, `vip status`) pass.
+    wait::until(
+        "the store and vip tasks to be healthy",
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+        || {
+            let out = d
+                .run(&["ps", "--filter", "health=healthy", "--format", "{{.Names}}"])
+                .ok()?;
+            let healthy = |svc: &str| out.lines().any(|l| l.starts_with(&format!("b3t_{svc}.")));
+            (healthy("store") && healthy("vip")).then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.run(&["ps"]).unwrap_or_default()));
+
     // `docker stack rm` takes everything away.
     d.run(&["stack", "rm", "b3t"]).unwrap();
     wait::until(
