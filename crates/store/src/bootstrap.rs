@@ -394,6 +394,9 @@ struct State {
     node: String,
     /// Addresses `--peers` resolved to last (allowed to ask for tokens).
     allowed: Mutex<BTreeSet<IpAddr>>,
+    /// Set while members of different clusters are visible: no tokens
+    /// are handed out until an operator sorts it out.
+    conflict: Mutex<Option<String>>,
 }
 
 impl State {
@@ -439,6 +442,7 @@ pub async fn run(args: BootstrapArgs, shutdown: Shutdown) -> anyhow::Result<()> 
         args: args.clone(),
         node,
         allowed: Mutex::new(BTreeSet::new()),
+        conflict: Mutex::new(None),
     });
     tracing::info!(node = %state.node, listen = %args.listen, expect = args.expect, "store bootstrap companion started");
     tokio::spawn(serve(listener, state.clone(), shutdown.clone()));
@@ -476,6 +480,10 @@ async fn rounds(state: Arc<State>, mut shutdown: Shutdown) {
         }
         let settled = stable_since.elapsed() >= args.settle;
         let decision = decide(&me, &others, args.expect as usize, settled);
+        *state.conflict.lock().unwrap_or_else(|p| p.into_inner()) = match &decision {
+            Decision::Conflict(why) => Some(why.clone()),
+            _ => None,
+        };
         let reason = match &decision {
             Decision::Serve => {
                 let mut list: Vec<SocketAddr> = others
@@ -725,6 +733,14 @@ async fn join_request(state: &State, peer: SocketAddr) -> Response<Body> {
             format!("{peer_ip} is not one of the bootstrap peers ({}); only tasks of the bootstrap service get join tokens", state.args.peers.join(",")),
         );
     }
+    if let Some(why) = state
+        .conflict
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+    {
+        return error(StatusCode::CONFLICT, why);
+    }
     let dir = &state.args.dir.data_dir;
     let id = match Identity::load(dir) {
         Ok(Some(id)) => id,
@@ -891,6 +907,79 @@ mod tests {
         std::fs::write(peers_file(tmp.path()), b"{not json").unwrap();
         let err = read_json::<PeerList>(&peers_file(tmp.path())).unwrap_err();
         assert!(format!("{err:#}").contains("peers.json"), "{err:#}");
+    }
+
+    fn state(dir: &Path) -> State {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct W {
+            #[command(flatten)]
+            a: BootstrapArgs,
+        }
+        let w = W::try_parse_from([
+            "w",
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--peers",
+            "10.0.0.1:7402,10.0.0.2",
+        ])
+        .unwrap();
+        State {
+            args: w.a,
+            node: "me".into(),
+            allowed: Mutex::new(BTreeSet::new()),
+            conflict: Mutex::new(None),
+        }
+    }
+
+    async fn body(r: Response<Body>) -> (StatusCode, String) {
+        let status = r.status();
+        let bytes = r.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    #[tokio::test]
+    async fn tokens_only_for_peers_from_members_without_conflict() {
+        let tmp = tempfile::tempdir().unwrap();
+        let st = state(tmp.path());
+        let peer: SocketAddr = "10.0.0.2:40000".parse().unwrap();
+        let stranger: SocketAddr = "10.0.0.9:40000".parse().unwrap();
+
+        let (code, text) = body(join_request(&st, stranger).await).await;
+        assert_eq!(code, StatusCode::FORBIDDEN, "{text}");
+        let (code, text) = body(join_request(&st, peer).await).await;
+        assert_eq!(code, StatusCode::CONFLICT, "not a member yet: {text}");
+
+        let id = Identity::init(tmp.path(), 3, 2).unwrap();
+        let (code, text) = body(join_request(&st, peer).await).await;
+        assert_eq!(code, StatusCode::CONFLICT, "server address unknown: {text}");
+        write_json(
+            &node_file(tmp.path()),
+            &LocalNode {
+                quic: "10.1.0.1:7400".parse().unwrap(),
+                admin: "10.1.0.1:7401".parse().unwrap(),
+            },
+        )
+        .unwrap();
+        let (code, text) = body(join_request(&st, peer).await).await;
+        assert_eq!(code, StatusCode::OK, "{text}");
+        let plan: JoinPlan = serde_json::from_str(&text).unwrap();
+        id.verify_token(&plan.token, 0).unwrap();
+        assert_eq!(plan.peers, vec!["10.1.0.1:7400".parse().unwrap()]);
+        // An IPv4 peer seen on a dual-stack socket is the same peer.
+        let mapped: SocketAddr = "[::ffff:10.0.0.1]:40000".parse().unwrap();
+        assert_eq!(
+            body(join_request(&st, mapped).await).await.0,
+            StatusCode::OK
+        );
+
+        *st.conflict.lock().unwrap() = Some("two clusters".into());
+        let (code, text) = body(join_request(&st, peer).await).await;
+        assert_eq!(code, StatusCode::CONFLICT);
+        assert!(
+            text.contains("two clusters") && !text.contains("B3S1"),
+            "{text}"
+        );
     }
 
     #[test]
