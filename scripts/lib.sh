@@ -16,4 +16,4 @@ ensure_packages() {
 }
 
 # The packages the test suite needs (real FUSE, netns, dockerd, peers).
-TEST_PACKAGES=(fuse3 docker.io busybox-static iproute2 iputils-ping curl keepalived tar ca-certificates openssl git util-linux chromium)
+TEST_PACKAGES=(fuse3 docker.io busybox-static iproute2 iputils-ping curl keepalived tar ca-certificates openssl git util-linux chromium binutils)

@@ -58,6 +58,9 @@ pub enum Command {
     Mount(crate::mount::MountArgs),
     /// Inspect files on a mount (`store fs stat PATH`).
     Fs(crate::mount::FsArgs),
+    /// Zero-touch bootstrap companion for Docker Swarm: founds the cluster
+    /// or fetches a join token for the local `store server --bootstrap`.
+    Bootstrap(crate::bootstrap::BootstrapArgs),
 }
 
 /// Flags of the commands that act on one node.
@@ -152,6 +155,12 @@ pub struct ServerArgs {
     #[arg(long, env = "STORE_WEIGHT", value_name = "N")]
     pub weight: Option<u64>,
 
+    /// Without an identity, wait for the bootstrap companion (`store
+    /// bootstrap`) to found the cluster or bring a join token, instead of
+    /// failing; also detect --advertise from the routing table.
+    #[arg(long, env = "STORE_BOOTSTRAP")]
+    pub bootstrap: bool,
+
     /// Raft election timeout (the heartbeat is a fifth of it).
     #[arg(long, env = "STORE_ELECTION_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
     pub election_timeout: Duration,
@@ -205,6 +214,7 @@ pub async fn run(command: Command, shutdown: Shutdown) -> anyhow::Result<()> {
         Command::In(a) => crate::admin_cli::change_node(&a.client, &a.id, "in").await,
         Command::Mount(args) => crate::mount::run(args, shutdown).await,
         Command::Fs(args) => crate::mount::run_fs(args),
+        Command::Bootstrap(args) => crate::bootstrap::run(args, shutdown).await,
     }
 }
 

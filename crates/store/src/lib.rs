@@ -10,13 +10,15 @@
 //! * [`chunk`] and [`replication`] — on-disk chunks with crc32, replicated
 //!   writes (≥ min_size) and reads with fallback and repair;
 //! * [`api`] — object API and status on the admin HTTP port;
-//! * [`cli`], [`admin_cli`], [`server`] — the binary's commands.
+//! * [`cli`], [`admin_cli`], [`server`] — the binary's commands;
+//! * [`bootstrap`] — zero-touch founding/joining in Docker Swarm.
 //!
 //! This crate is the library; `main.rs` only parses arguments and calls
 //! [`cli::run`].
 
 pub mod admin_cli;
 pub mod api;
+pub mod bootstrap;
 pub mod chunk;
 pub mod cli;
 pub mod cluster;

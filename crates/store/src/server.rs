@@ -23,17 +23,32 @@ use crate::replication::{remote_chunk_error, Replicator};
 const JOIN_RETRY_FOR: Duration = Duration::from_secs(60);
 
 /// Runs a storage node until `shutdown` fires.
-pub async fn run(args: ServerArgs, shutdown: Shutdown) -> anyhow::Result<()> {
+pub async fn run(mut args: ServerArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = args.dir.data_dir.clone();
     if let Err(e) = args.maint.validate() {
         return b3_common::daemon::usage(e);
     }
     prepare_data_dir(&dir)?;
+    if args.bootstrap {
+        crate::bootstrap::prepare_server(&mut args).await?;
+    }
     let identity = match Identity::load(&dir)? {
         Some(id) => id,
         None => match &args.join {
             Some(token) => join(&dir, token, &args.peers).await?,
+            None if args.bootstrap => {
+                use crate::bootstrap::Credentials;
+                match crate::bootstrap::wait_for_credentials(&dir, &shutdown).await? {
+                    Credentials::Member(id) => id,
+                    Credentials::Join(plan) => {
+                        args.peers.extend(plan.peers.iter().map(|p| p.to_string()));
+                        let id = join(&dir, &plan.token, &args.peers).await?;
+                        crate::bootstrap::joined(&dir);
+                        id
+                    }
+                }
+            }
             None => return Err(identity::IdentityError::Missing(dir.display().to_string()).into()),
         },
     };
@@ -426,7 +441,8 @@ async fn default_advertise(listen: SocketAddr) -> anyhow::Result<SocketAddr> {
     found.ok_or_else(|| anyhow::anyhow!("this host's name {host:?} resolves to no usable address; set --advertise (or STORE_ADVERTISE) to the address peers should use"))
 }
 
-fn hostname() -> String {
+/// This host's name (the default failure domain).
+pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .ok()
