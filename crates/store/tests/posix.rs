@@ -1,6 +1,7 @@
-//! POSIX behaviour of `store mount`, tested on a real FUSE mount (local
-//! backend) and, as a check of the tests themselves, on tmpfs: every test
-//! body runs twice, `<name>::store` and `<name>::tmpfs`. Needs root and
+//! POSIX behaviour of `store mount`, tested on a real FUSE mount over the
+//! local backend, over a (one-node) cluster, and, as a check of the tests
+//! themselves, on tmpfs: every test body runs three times,
+//! `<name>::store`, `<name>::cluster` and `<name>::tmpfs`. Needs root and
 //! /dev/fuse; the store variants are skipped with a message otherwise.
 //!
 //! Every fixture unmounts and kills its mount process on drop (also on
@@ -17,6 +18,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod harness;
 
 /// The `store` binary under test; `STORE_TEST_BIN` overrides it (useful when
 /// a shared target directory may be rebuilt from another tree meanwhile).
@@ -46,6 +49,8 @@ struct Mount {
     child: Option<Child>,
     dir: tempfile::TempDir,
     done: Arc<AtomicBool>,
+    /// The servers of a `cluster:` mount (killed after the mount).
+    cluster: Option<harness::Cluster>,
 }
 
 impl Mount {
@@ -57,7 +62,24 @@ impl Mount {
         self.dir.path().join("be")
     }
 
+    fn backend_arg(&self) -> String {
+        match &self.cluster {
+            Some(c) => format!("cluster:{}", c.nodes[0].dir.display()),
+            None => format!("local:{}", self.backend().display()),
+        }
+    }
+
     fn start() -> Mount {
+        Self::start_on(None)
+    }
+
+    /// A mount over a one-node cluster (size 1).
+    fn start_cluster() -> Mount {
+        let c = harness::Cluster::start(1, &["--size", "1", "--min-size", "1"], &[]);
+        Self::start_on(Some(c))
+    }
+
+    fn start_on(cluster: Option<harness::Cluster>) -> Mount {
         let dir = tempfile::tempdir().expect("temp dir");
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
         fs::create_dir(dir.path().join("mnt")).expect("mkdir mnt");
@@ -65,6 +87,7 @@ impl Mount {
             child: None,
             dir,
             done: Arc::new(AtomicBool::new(false)),
+            cluster,
         };
         m.spawn();
         // Watchdog: a hung request must not hang the test.
@@ -96,7 +119,7 @@ impl Mount {
             .arg("mount")
             .arg(self.mnt())
             .arg("--backend")
-            .arg(format!("local:{}", self.backend().display()))
+            .arg(self.backend_arg())
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
@@ -179,6 +202,14 @@ impl Root {
         Some(Root::Store(Mount::start()))
     }
 
+    fn cluster() -> Option<Root> {
+        if !is_root() || !Path::new("/dev/fuse").exists() {
+            eprintln!("skipped: needs root and /dev/fuse");
+            return None;
+        }
+        Some(Root::Store(Mount::start_cluster()))
+    }
+
     fn tmpfs() -> Option<Root> {
         let base = if Path::new("/dev/shm").is_dir() {
             "/dev/shm"
@@ -200,6 +231,10 @@ impl Root {
     fn is_store(&self) -> bool {
         matches!(self, Root::Store(_))
     }
+
+    fn is_cluster(&self) -> bool {
+        matches!(self, Root::Store(m) if m.cluster.is_some())
+    }
 }
 
 macro_rules! posix_test {
@@ -209,6 +244,13 @@ macro_rules! posix_test {
             #[test]
             fn store() {
                 if let Some(root) = Root::store() {
+                    let f: fn(&Root) = $body;
+                    f(&root);
+                }
+            }
+            #[test]
+            fn cluster() {
+                if let Some(root) = Root::cluster() {
                     let f: fn(&Root) = $body;
                     f(&root);
                 }
@@ -897,12 +939,17 @@ posix_test!(locks_exclude_other_processes, |r| {
     // F_GETLK from this process sees no conflict with its own lock.
     let (rc, fl) = set(fd, libc::F_WRLCK, 5, 1, libc::F_GETLK);
     assert_eq!((rc, fl.l_type), (0, libc::F_UNLCK as i16));
-    // flock and fcntl locks do not interact.
+    // flock and fcntl locks do not interact (locally; on a cluster mount
+    // both share the cluster's lock table, see docs/fs.md).
     let o = Command::new("flock")
         .args(["-n", &q, "true"])
         .output()
         .unwrap();
-    assert!(o.status.success(), "flock conflicted with an fcntl lock");
+    assert_eq!(
+        o.status.success(),
+        !r.is_cluster(),
+        "flock against another process's fcntl lock"
+    );
     // Another process (another owner): disjoint range fine, overlap refused.
     let script = format!(
         "import fcntl\nf = open({q:?}, 'r+')\n\
