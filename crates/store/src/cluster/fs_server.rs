@@ -506,11 +506,11 @@ pub async fn read_file(
     let mut fetched: std::collections::HashMap<ChunkId, Bytes> = inline;
     for piece in crate::fs::resolve(&slices, 0, inode.size) {
         let Some((id, co)) = piece.src else { continue };
-        if !fetched.contains_key(&id) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = fetched.entry(id) {
             let data = read_chunk(cluster, replicator, &id)
                 .await
                 .map_err(|e| FileError::Failed(format!("{shown}: {e}")))?;
-            fetched.insert(id, data);
+            slot.insert(data);
         }
         let data = &fetched[&id];
         let src = data

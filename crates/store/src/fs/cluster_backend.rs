@@ -666,8 +666,11 @@ impl ChunkIo for ClusterChunks {
 /// machine, so locks exclude each other across every mount.
 pub struct ClusterLocks {
     conn: Arc<ConnRef>,
-    waiting: Arc<Mutex<Vec<(u64, u64, Arc<AtomicBool>)>>>,
+    waiting: Arc<Mutex<Vec<Waiter>>>,
 }
+
+/// A waiting lock request: (ino, owner, cancelled).
+type Waiter = (u64, u64, Arc<AtomicBool>);
 
 /// Ends the session when the last user is gone.
 struct ConnRef(Arc<ClusterConn>);

@@ -170,11 +170,14 @@ pub struct Dump {
     pub inline: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
+/// Raw (key, value) pairs of a table.
+type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Copies every namespace table out of `txn`.
 pub fn dump(txn: &redb::ReadTransaction) -> Result<Dump, StoreError> {
     fn bytes_table(
         t: &redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<Pairs, StoreError> {
         let mut out = Vec::new();
         for item in t.iter().map_err(db)? {
             let (k, v) = item.map_err(db)?;
