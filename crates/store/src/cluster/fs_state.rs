@@ -529,3 +529,190 @@ impl FsEvents {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::MetaStore;
+    use crate::fs::locks::LockKind;
+    use crate::fs::{Ctx, FsReply, Slice, Time, ROOT_INO};
+    use openraft::storage::RaftStateMachine;
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftSnapshotBuilder};
+
+    fn entry(index: u64, cmd: Command) -> Entry<super::super::types::TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(cmd),
+        }
+    }
+
+    fn fs(op: FsOp, origin: u64) -> Command {
+        Command::Fs {
+            op,
+            ctx: Ctx::root(Time::default()),
+            origin,
+        }
+    }
+
+    fn lk(owner: u64, kind: LockKind) -> Lock {
+        Lock {
+            owner,
+            start: 0,
+            end: u64::MAX,
+            kind,
+            pid: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn namespace_ops_apply_in_raft_snapshot_and_publish_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = MetaStore::open(dir.path()).unwrap();
+        let mut sm = meta.state_machine();
+        let chunk = ChunkId([7; 16]);
+        let r = sm
+            .apply(vec![
+                entry(
+                    1,
+                    Command::FsInit {
+                        now: Time::default(),
+                    },
+                ),
+                entry(
+                    2,
+                    fs(
+                        FsOp::Mknod {
+                            parent: ROOT_INO,
+                            name: b"f".to_vec(),
+                            mode: 0o644,
+                            rdev: 0,
+                        },
+                        9,
+                    ),
+                ),
+                // EEXIST: an errno in the result, nothing changed.
+                entry(
+                    3,
+                    fs(
+                        FsOp::Mkdir {
+                            parent: ROOT_INO,
+                            name: b"f".to_vec(),
+                            mode: 0o755,
+                        },
+                        9,
+                    ),
+                ),
+            ])
+            .await
+            .unwrap();
+        let created: &FsReply = r[1].fs.as_ref().unwrap().as_ref().unwrap();
+        let ino = created.inode.as_ref().unwrap().ino;
+        assert_eq!(r[2].fs, Some(Err(crate::fs::Errno::EEXIST)));
+        sm.apply(vec![entry(
+            4,
+            fs(
+                FsOp::AppendSlices {
+                    ino,
+                    slices: vec![Slice {
+                        off: 0,
+                        len: 10,
+                        chunk,
+                        chunk_off: 0,
+                    }],
+                    size: 10,
+                    inline: Vec::new(),
+                },
+                9,
+            ),
+        )])
+        .await
+        .unwrap();
+        assert_eq!(referenced_chunks(meta.db()).unwrap(), vec![chunk]);
+        // Another session sees the changes; the origin does not.
+        let ev = meta.fs_events();
+        let first = ev.poll(0, 0, 1, std::time::Duration::ZERO).await;
+        let b = ev.poll(first.id, 0, 1, std::time::Duration::ZERO).await;
+        assert!(b.changes.contains(&Change::Entry {
+            parent: ROOT_INO,
+            name: b"f".to_vec()
+        }));
+        assert!(b.changes.contains(&Change::Inode(ino)));
+        let own = ev.poll(first.id, 0, 9, std::time::Duration::ZERO).await;
+        assert!(own.changes.is_empty() && own.next == b.next);
+
+        // A snapshot carries the namespace to a fresh node.
+        let snap = sm.build_snapshot().await.unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let copy = MetaStore::open(other.path()).unwrap();
+        copy.state_machine()
+            .install_snapshot(&snap.meta, snap.snapshot)
+            .await
+            .unwrap();
+        let view = read_view(copy.db()).unwrap();
+        assert_eq!(view.dentry(ROOT_INO, b"f").unwrap().unwrap().ino, ino);
+        assert_eq!(view.slices(ino).unwrap().len(), 1);
+        assert_eq!(referenced_chunks(copy.db()).unwrap(), vec![chunk]);
+    }
+
+    #[tokio::test]
+    async fn locks_exclude_across_sessions_and_expire_with_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = MetaStore::open(dir.path()).unwrap();
+        let mut sm = meta.state_machine();
+        let lock = |i, session, l| {
+            entry(
+                i,
+                Command::FsLock {
+                    session,
+                    ino: 5,
+                    lock: l,
+                },
+            )
+        };
+        let r = sm
+            .apply(vec![
+                // Unknown session: refused without a conflict.
+                lock(1, 1, lk(1, LockKind::Write)),
+                entry(
+                    2,
+                    Command::FsSession {
+                        session: 1,
+                        expires_ms: 1000,
+                    },
+                ),
+                entry(
+                    3,
+                    Command::FsSession {
+                        session: 2,
+                        expires_ms: 5000,
+                    },
+                ),
+                lock(4, 1, lk(1, LockKind::Write)),
+                // Same kernel owner number on another mount: a conflict.
+                lock(5, 2, lk(1, LockKind::Read)),
+                // Session 1's lease ends: its lock goes.
+                entry(6, Command::FsExpire { now_ms: 2000 }),
+                lock(7, 2, lk(1, LockKind::Read)),
+            ])
+            .await
+            .unwrap();
+        assert!(!r[0].ok && r[0].lock.is_none());
+        assert!(r[3].ok);
+        assert!(!r[4].ok && r[4].lock.unwrap().owner == 1);
+        assert!(r[6].ok);
+        assert_eq!(
+            test_lock(meta.db(), 3, 5, &lk(1, LockKind::Write))
+                .unwrap()
+                .map(|l| l.kind),
+            Some(LockKind::Read)
+        );
+        assert_eq!(expired_sessions(meta.db(), 6000).unwrap(), vec![2]);
+        sm.apply(vec![entry(8, Command::FsEndSession { session: 2 })])
+            .await
+            .unwrap();
+        assert_eq!(
+            test_lock(meta.db(), 3, 5, &lk(1, LockKind::Write)).unwrap(),
+            None
+        );
+    }
+}
