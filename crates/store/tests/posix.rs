@@ -1300,6 +1300,16 @@ fn fstab_helper_mounts_in_the_background() {
 #[test]
 fn writes_beyond_the_size_limit_fail_with_efbig() {
     let Some(root) = Root::store() else { return };
+    efbig(&root);
+}
+
+#[test]
+fn writes_beyond_the_size_limit_fail_with_efbig_on_a_cluster() {
+    let Some(root) = Root::cluster() else { return };
+    efbig(&root);
+}
+
+fn efbig(root: &Root) {
     let p = root.path().join("huge");
     let f = File::create(&p).unwrap();
     let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
