@@ -30,6 +30,9 @@ fn store_bin() -> PathBuf {
 }
 /// Budget of one test; the watchdog kills the mount after it.
 const BUDGET: Duration = Duration::from_secs(55);
+/// Budget on a cluster mount: every namespace change is a Raft commit
+/// (fsync), which a debug build on a loaded machine makes slow.
+const CLUSTER_BUDGET: Duration = Duration::from_secs(150);
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -92,9 +95,14 @@ impl Mount {
         m.spawn();
         // Watchdog: a hung request must not hang the test.
         let (done, pid, mnt) = (m.done.clone(), m.pid(), m.mnt());
+        let budget = if m.cluster.is_some() {
+            CLUSTER_BUDGET
+        } else {
+            BUDGET
+        };
         std::thread::spawn(move || {
             let start = Instant::now();
-            while start.elapsed() < BUDGET {
+            while start.elapsed() < budget {
                 if done.load(Ordering::Relaxed) {
                     return;
                 }
