@@ -73,6 +73,9 @@ pub struct ClusterConn {
     changes: Mutex<Option<std::sync::mpsc::SyncSender<Change>>>,
     stop: Arc<AtomicBool>,
     data_dir: PathBuf,
+    /// The local server's chunk directory: chunks are immutable files
+    /// written atomically, so a local copy is read straight from disk.
+    local_chunks: crate::chunk::ChunkStore,
 }
 
 #[derive(Default)]
@@ -144,6 +147,7 @@ impl ClusterConn {
             changes: Mutex::new(None),
             stop: Arc::new(AtomicBool::new(false)),
             data_dir: data_dir.to_path_buf(),
+            local_chunks: crate::chunk::ChunkStore::reader(data_dir.join("chunks")),
         });
         // Every node, for fail-over (the local server first).
         match conn.query(FsQuery::Nodes, false) {
@@ -612,6 +616,16 @@ impl ChunkIo for ClusterChunks {
     }
 
     fn get(&self, id: &ChunkId) -> Result<Bytes, Errno> {
+        // The local replica, if this host has one (crc checked); anything
+        // else (absent, corrupt, unreadable) goes through the server, which
+        // reads another replica.
+        match self.0.local_chunks.get(id) {
+            Ok((data, _)) => return Ok(data),
+            Err(crate::chunk::ChunkError::NotFound(_)) => {}
+            Err(e) => {
+                tracing::warn!(chunk = %id, error = %e, "local chunk copy unreadable; reading through the server")
+            }
+        }
         match self.0.call(
             &Request::FsGetChunk { id: *id },
             Bytes::new(),
