@@ -272,6 +272,11 @@ pub async fn run(args: MountArgs, mut shutdown: Shutdown) -> anyhow::Result<()> 
         chunks,
         ClientOptions {
             cache_bytes: args.cache_mb << 20,
+            // Over the network: 4 chunks stored in parallel per commit.
+            commit_bytes: match &args.backend {
+                Backend::Cluster(_) => 4 * crate::chunk::MAX_CHUNK,
+                Backend::Local(_) => 0,
+            },
             ..ClientOptions::default()
         },
     );
