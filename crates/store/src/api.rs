@@ -381,6 +381,15 @@ impl Api {
         if let Some(rest) = path.strip_prefix("/v1/nodes/") {
             return self.change_node(req.method(), rest).await;
         }
+        if let Some(rest) = path.strip_prefix("/v1/fs/") {
+            if req.method() != Method::GET {
+                return error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "/v1/fs/<path> supports GET only; write files through a `store mount`",
+                );
+            }
+            return self.fs_file(rest).await;
+        }
         if req.method() != Method::GET {
             return error(
                 StatusCode::NOT_FOUND,
@@ -395,6 +404,32 @@ impl Api {
                 StatusCode::NOT_FOUND,
                 "not found: try /health, /metrics, /v1/status, /v1/nodes, /v1/df or /objects/<bucket>/<key>",
             ),
+        }
+    }
+
+    /// `GET /v1/fs/<path>`: the bytes of a file of `/data` as committed
+    /// cluster-wide (404 when missing, 400 for a directory).
+    async fn fs_file(&self, rest: &str) -> Response<Body> {
+        let Some(path) = percent_decode_bytes(rest) else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "malformed percent-encoding in the path",
+            );
+        };
+        use crate::cluster::fs_server::{read_file, FileError};
+        match read_file(&self.cluster, &self.replicator, &path).await {
+            Ok(data) => Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, "application/octet-stream")
+                .header(header::CONTENT_LENGTH, data.len())
+                .body(admin::full(data))
+                .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())),
+            Err(e @ FileError::NotFound(_)) => error(StatusCode::NOT_FOUND, &e.to_string()),
+            Err(e @ FileError::NotAFile(_)) => error(StatusCode::BAD_REQUEST, &e.to_string()),
+            Err(e @ FileError::TooLarge(..)) => {
+                error(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string())
+            }
+            Err(e @ FileError::Failed(_)) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
         }
     }
 
@@ -1170,6 +1205,24 @@ fn percent_decode(s: &str) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
+}
+
+/// Percent-decodes a path into raw bytes (file names need not be UTF-8).
+fn percent_decode_bytes(s: &str) -> Option<Vec<u8>> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Some(out)
 }
 
 fn parse_query(q: &str) -> Vec<(String, String)> {

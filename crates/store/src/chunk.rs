@@ -120,6 +120,15 @@ impl ChunkStore {
         })
     }
 
+    /// The chunk directory `root` as it is, without the clean-up of
+    /// [`ChunkStore::open`]: for reading chunks of a directory another
+    /// process (the local server) owns — a mount on the same host.
+    pub fn reader(root: impl Into<PathBuf>) -> Self {
+        Self {
+            root: Arc::new(root.into()),
+        }
+    }
+
     /// Root directory.
     pub fn root(&self) -> &Path {
         &self.root

@@ -13,6 +13,7 @@ use bytes::Bytes;
 
 use crate::chunk::ChunkStore;
 use crate::cli::ServerArgs;
+use crate::cluster::fs_server::FsService;
 use crate::cluster::rpc::{self, encode_reply, CallError, RemoteError, Reply, Request};
 use crate::cluster::{Cluster, Command, MetaStore, NodeInfo, RaftSettings};
 use crate::net::identity::{self, PendingJoin};
@@ -106,11 +107,14 @@ pub async fn run(mut args: ServerArgs, shutdown: Shutdown) -> anyhow::Result<()>
     );
     let replicator =
         Replicator::new(cluster.clone(), chunks.clone()).with_admission(maint.admission());
+    let fs = FsService::new(cluster.clone(), replicator.clone());
+    write_endpoint(&dir, advertise, args.listen)?;
 
     tokio::spawn(transport.clone().serve(
-        maint.wrap(service(cluster.clone(), chunks.clone())),
+        maint.wrap(service(cluster.clone(), chunks.clone(), fs.clone())),
         shutdown.clone(),
     ));
+    tokio::spawn(fs.clone().run_expiry(shutdown.clone()));
     maint.spawn(replicator.metrics.clone(), shutdown.clone());
     tokio::spawn(cluster.clone().run_background(shutdown.clone()));
     tokio::spawn(register(
@@ -164,11 +168,31 @@ pub async fn run(mut args: ServerArgs, shutdown: Shutdown) -> anyhow::Result<()>
     Ok(())
 }
 
+/// Where `store mount --backend cluster:DIR` finds this server: the file
+/// `DIR/endpoint` names the QUIC address to use from this host.
+pub const ENDPOINT_FILE: &str = "endpoint";
+
+fn write_endpoint(dir: &Path, advertise: SocketAddr, listen: SocketAddr) -> anyhow::Result<()> {
+    // A local mount reaches the listening socket directly when it is bound
+    // to one address; otherwise through the advertised one.
+    let addr = if listen.ip().is_unspecified() {
+        advertise
+    } else {
+        listen
+    };
+    let p = dir.join(ENDPOINT_FILE);
+    let tmp = dir.join(format!("{ENDPOINT_FILE}.tmp"));
+    std::fs::write(&tmp, format!("{addr}\n"))
+        .and_then(|()| std::fs::rename(&tmp, &p))
+        .with_context(|| format!("writing {}", p.display()))
+}
+
 /// Handles requests from peers.
-fn service(cluster: Arc<Cluster>, chunks: ChunkStore) -> Service {
+fn service(cluster: Arc<Cluster>, chunks: ChunkStore, fs: Arc<FsService>) -> Service {
     Arc::new(move |peer: Peer, frame: wire::Frame| {
         let cluster = cluster.clone();
         let chunks = chunks.clone();
+        let fs = fs.clone();
         Box::pin(async move {
             let (reply, body) = match wire::from_header::<Request>(&frame.header) {
                 Err(e) => (Err(RemoteError::Malformed(e.to_string())), Bytes::new()),
@@ -176,6 +200,8 @@ fn service(cluster: Arc<Cluster>, chunks: ChunkStore) -> Service {
                     if !peer.authenticated && !matches!(req, Request::Join { .. }) {
                         tracing::info!(peer = %peer.addr, request = req.name(), "refused request from a peer without a cluster certificate");
                         (Err(RemoteError::Unauthenticated), Bytes::new())
+                    } else if let Some(r) = fs.handle(&req, &frame.body).await {
+                        r
                     } else {
                         handle(&cluster, &chunks, peer, req, frame.body).await
                     }
@@ -273,6 +299,14 @@ async fn handle(
             }))
             .await
         }
+        Request::FsRead { .. }
+        | Request::FsWatch { .. }
+        | Request::FsPutChunk
+        | Request::FsGetChunk { .. }
+        | Request::FsDeleteChunk { .. } => (
+            Err(RemoteError::Other("filesystem request not served".into())),
+            none,
+        ),
         Request::Usage => {
             let chunks = chunks.clone();
             blocking(Box::new(move || {

@@ -93,6 +93,7 @@ fn other_clients_changes_invalidate_cached_attributes_and_names() {
         client,
         Arc::new(LocalLocks::new()),
         FuseOptions {
+            flock: false,
             // Long enough that only an invalidation can explain a fresh view.
             ttl: Duration::from_secs(60),
             direct_io: false,

@@ -1,6 +1,7 @@
-//! POSIX behaviour of `store mount`, tested on a real FUSE mount (local
-//! backend) and, as a check of the tests themselves, on tmpfs: every test
-//! body runs twice, `<name>::store` and `<name>::tmpfs`. Needs root and
+//! POSIX behaviour of `store mount`, tested on a real FUSE mount over the
+//! local backend, over a (one-node) cluster, and, as a check of the tests
+//! themselves, on tmpfs: every test body runs three times,
+//! `<name>::store`, `<name>::cluster` and `<name>::tmpfs`. Needs root and
 //! /dev/fuse; the store variants are skipped with a message otherwise.
 //!
 //! Every fixture unmounts and kills its mount process on drop (also on
@@ -18,6 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod harness;
+
 /// The `store` binary under test; `STORE_TEST_BIN` overrides it (useful when
 /// a shared target directory may be rebuilt from another tree meanwhile).
 fn store_bin() -> PathBuf {
@@ -27,6 +30,9 @@ fn store_bin() -> PathBuf {
 }
 /// Budget of one test; the watchdog kills the mount after it.
 const BUDGET: Duration = Duration::from_secs(55);
+/// Budget on a cluster mount: every namespace change is a Raft commit
+/// (fsync), which a debug build on a loaded machine makes slow.
+const CLUSTER_BUDGET: Duration = Duration::from_secs(150);
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -46,6 +52,8 @@ struct Mount {
     child: Option<Child>,
     dir: tempfile::TempDir,
     done: Arc<AtomicBool>,
+    /// The servers of a `cluster:` mount (killed after the mount).
+    cluster: Option<harness::Cluster>,
 }
 
 impl Mount {
@@ -57,7 +65,24 @@ impl Mount {
         self.dir.path().join("be")
     }
 
+    fn backend_arg(&self) -> String {
+        match &self.cluster {
+            Some(c) => format!("cluster:{}", c.nodes[0].dir.display()),
+            None => format!("local:{}", self.backend().display()),
+        }
+    }
+
     fn start() -> Mount {
+        Self::start_on(None)
+    }
+
+    /// A mount over a one-node cluster (size 1).
+    fn start_cluster() -> Mount {
+        let c = harness::Cluster::start(1, &["--size", "1", "--min-size", "1"], &[]);
+        Self::start_on(Some(c))
+    }
+
+    fn start_on(cluster: Option<harness::Cluster>) -> Mount {
         let dir = tempfile::tempdir().expect("temp dir");
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
         fs::create_dir(dir.path().join("mnt")).expect("mkdir mnt");
@@ -65,13 +90,19 @@ impl Mount {
             child: None,
             dir,
             done: Arc::new(AtomicBool::new(false)),
+            cluster,
         };
         m.spawn();
         // Watchdog: a hung request must not hang the test.
         let (done, pid, mnt) = (m.done.clone(), m.pid(), m.mnt());
+        let budget = if m.cluster.is_some() {
+            CLUSTER_BUDGET
+        } else {
+            BUDGET
+        };
         std::thread::spawn(move || {
             let start = Instant::now();
-            while start.elapsed() < BUDGET {
+            while start.elapsed() < budget {
                 if done.load(Ordering::Relaxed) {
                     return;
                 }
@@ -96,7 +127,7 @@ impl Mount {
             .arg("mount")
             .arg(self.mnt())
             .arg("--backend")
-            .arg(format!("local:{}", self.backend().display()))
+            .arg(self.backend_arg())
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
@@ -179,6 +210,14 @@ impl Root {
         Some(Root::Store(Mount::start()))
     }
 
+    fn cluster() -> Option<Root> {
+        if !is_root() || !Path::new("/dev/fuse").exists() {
+            eprintln!("skipped: needs root and /dev/fuse");
+            return None;
+        }
+        Some(Root::Store(Mount::start_cluster()))
+    }
+
     fn tmpfs() -> Option<Root> {
         let base = if Path::new("/dev/shm").is_dir() {
             "/dev/shm"
@@ -200,6 +239,10 @@ impl Root {
     fn is_store(&self) -> bool {
         matches!(self, Root::Store(_))
     }
+
+    fn is_cluster(&self) -> bool {
+        matches!(self, Root::Store(m) if m.cluster.is_some())
+    }
 }
 
 macro_rules! posix_test {
@@ -209,6 +252,13 @@ macro_rules! posix_test {
             #[test]
             fn store() {
                 if let Some(root) = Root::store() {
+                    let f: fn(&Root) = $body;
+                    f(&root);
+                }
+            }
+            #[test]
+            fn cluster() {
+                if let Some(root) = Root::cluster() {
                     let f: fn(&Root) = $body;
                     f(&root);
                 }
@@ -897,12 +947,17 @@ posix_test!(locks_exclude_other_processes, |r| {
     // F_GETLK from this process sees no conflict with its own lock.
     let (rc, fl) = set(fd, libc::F_WRLCK, 5, 1, libc::F_GETLK);
     assert_eq!((rc, fl.l_type), (0, libc::F_UNLCK as i16));
-    // flock and fcntl locks do not interact.
+    // flock and fcntl locks do not interact (locally; on a cluster mount
+    // both share the cluster's lock table, see docs/fs.md).
     let o = Command::new("flock")
         .args(["-n", &q, "true"])
         .output()
         .unwrap();
-    assert!(o.status.success(), "flock conflicted with an fcntl lock");
+    assert_eq!(
+        o.status.success(),
+        !r.is_cluster(),
+        "flock against another process's fcntl lock"
+    );
     // Another process (another owner): disjoint range fine, overlap refused.
     let script = format!(
         "import fcntl\nf = open({q:?}, 'r+')\n\
@@ -1253,6 +1308,16 @@ fn fstab_helper_mounts_in_the_background() {
 #[test]
 fn writes_beyond_the_size_limit_fail_with_efbig() {
     let Some(root) = Root::store() else { return };
+    efbig(&root);
+}
+
+#[test]
+fn writes_beyond_the_size_limit_fail_with_efbig_on_a_cluster() {
+    let Some(root) = Root::cluster() else { return };
+    efbig(&root);
+}
+
+fn efbig(root: &Root) {
     let p = root.path().join("huge");
     let f = File::create(&p).unwrap();
     let fd = std::os::fd::AsRawFd::as_raw_fd(&f);

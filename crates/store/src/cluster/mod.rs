@@ -19,6 +19,8 @@
 //! nodes). A node joins by getting a certificate (`Request::Join`, token
 //! checked) and then writing `Command::UpsertNode` with its own entry.
 
+pub mod fs_server;
+pub mod fs_state;
 pub mod network;
 pub mod rpc;
 pub mod storage;

@@ -68,6 +68,35 @@ pub enum Request {
     },
     /// Disk usage of the node's chunk directory.
     Usage,
+    /// `/data`: a namespace read (see `cluster::fs_server`).
+    FsRead {
+        /// What to read.
+        query: super::fs_server::FsQuery,
+        /// Establish a read index first (linearizable).
+        barrier: bool,
+    },
+    /// `/data`: namespace changes other mounts made after `after`
+    /// (long poll, up to [`super::fs_server::WATCH_WAIT`]).
+    FsWatch {
+        /// Server event id seen last (0 at first).
+        id: u64,
+        /// Sequence number to continue from.
+        after: u64,
+        /// The polling mount's session (its own changes are skipped).
+        session: u64,
+    },
+    /// `/data`: store a new chunk on `min_size`+ replicas (body = data).
+    FsPutChunk,
+    /// `/data`: read a chunk from any good replica (reply body = data).
+    FsGetChunk {
+        /// Id.
+        id: ChunkId,
+    },
+    /// `/data`: delete a chunk from its replicas.
+    FsDeleteChunk {
+        /// Id.
+        id: ChunkId,
+    },
 }
 
 impl Request {
@@ -85,6 +114,11 @@ impl Request {
             Request::GetChunk { .. } => "get_chunk",
             Request::DeleteChunk { .. } => "delete_chunk",
             Request::Usage => "usage",
+            Request::FsRead { .. } => "fs_read",
+            Request::FsWatch { .. } => "fs_watch",
+            Request::FsPutChunk => "fs_put_chunk",
+            Request::FsGetChunk { .. } => "fs_get_chunk",
+            Request::FsDeleteChunk { .. } => "fs_delete_chunk",
         }
     }
 }
@@ -120,6 +154,15 @@ pub enum Reply {
     },
     /// To [`Request::Usage`].
     Usage(crate::chunk::Usage),
+    /// To [`Request::FsRead`]: the value or the errno.
+    FsRead(Result<super::fs_server::FsValue, crate::fs::Errno>),
+    /// To [`Request::FsWatch`].
+    FsChanges(super::fs_state::ChangeBatch),
+    /// To [`Request::FsPutChunk`].
+    FsChunkStored {
+        /// The new chunk's id.
+        id: ChunkId,
+    },
 }
 
 /// Why a request failed on the remote side.

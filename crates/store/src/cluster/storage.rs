@@ -81,6 +81,7 @@ pub enum MetaError {
 pub struct MetaStore {
     db: Arc<Database>,
     path: Arc<String>,
+    events: Arc<super::fs_state::FsEvents>,
 }
 
 impl Debug for MetaStore {
@@ -94,6 +95,8 @@ struct SnapshotData {
     kv: Vec<(String, String)>,
     nodes: Vec<NodeInfo>,
     epoch: u64,
+    #[serde(default)]
+    fs: super::fs_state::FsSnapshot,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -121,10 +124,15 @@ impl MetaStore {
             txn.open_table(NODES).map_err(|e| db_err(e.into()))?;
             txn.open_table(SNAPSHOT).map_err(|e| db_err(e.into()))?;
         }
+        super::fs_state::create_tables(&txn).map_err(|e| MetaError::Db {
+            path: shown.clone(),
+            source: redb::Error::Corrupted(e),
+        })?;
         txn.commit().map_err(|e| db_err(e.into()))?;
         Ok(Self {
             db: Arc::new(db),
             path: Arc::new(shown),
+            events: Arc::default(),
         })
     }
 
@@ -133,6 +141,16 @@ impl MetaStore {
             path: (*self.path).clone(),
             source: e.into(),
         }
+    }
+
+    /// The database (for the filesystem reads of `fs_state`).
+    pub fn db(&self) -> &Database {
+        &self.db
+    }
+
+    /// Namespace changes applied on this node, for mounts to poll.
+    pub fn fs_events(&self) -> &Arc<super::fs_state::FsEvents> {
+        &self.events
     }
 
     /// Value of `key` in the namespace (local, not linearizable by itself).
@@ -237,6 +255,7 @@ impl MetaStore {
             kv: Vec::new(),
             nodes: Vec::new(),
             epoch: read_json(&sm, "epoch")?.unwrap_or(0),
+            fs: super::fs_state::snapshot(&txn)?,
         };
         for item in kv.iter().map_err(r)? {
             let (k, v) = item.map_err(r)?;
@@ -399,6 +418,7 @@ fn apply_command(
                         ok: false,
                         previous: Vec::new(),
                         epoch: *epoch,
+                        ..Default::default()
                     });
                 }
             }
@@ -414,6 +434,7 @@ fn apply_command(
                 ok: true,
                 previous,
                 epoch: *epoch,
+                ..Default::default()
             })
         }
         Command::UpsertNode(node) => {
@@ -430,8 +451,19 @@ fn apply_command(
                 ok: true,
                 previous: Vec::new(),
                 epoch: *epoch,
+                ..Default::default()
             })
         }
+        Command::FsInit { .. }
+        | Command::Fs { .. }
+        | Command::FsSession { .. }
+        | Command::FsEndSession { .. }
+        | Command::FsExpire { .. }
+        | Command::FsLock { .. } => Ok(CommandResult {
+            ok: false,
+            epoch: *epoch,
+            ..Default::default()
+        }),
         Command::RemoveNode(id) => {
             if nodes.remove(*id).map_err(w)?.is_some() {
                 *epoch += 1;
@@ -440,6 +472,7 @@ fn apply_command(
                 ok: true,
                 previous: Vec::new(),
                 epoch: *epoch,
+                ..Default::default()
             })
         }
     }
@@ -471,6 +504,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // entry it depends on can be purged.
         txn.set_durability(redb::Durability::None).map_err(w)?;
         let mut out = Vec::new();
+        let mut pending = super::fs_state::Pending::default();
         {
             let mut sm = txn.open_table(SM).map_err(w)?;
             let mut kv = txn.open_table(KV).map_err(w)?;
@@ -484,9 +518,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         ok: true,
                         previous: Vec::new(),
                         epoch,
+                        ..Default::default()
                     }),
                     EntryPayload::Normal(cmd) => {
-                        out.push(apply_command(cmd, &mut kv, &mut nodes, &mut epoch)?)
+                        match super::fs_state::apply(&txn, cmd, epoch, &mut pending)? {
+                            Some(result) => out.push(result),
+                            None => out.push(apply_command(cmd, &mut kv, &mut nodes, &mut epoch)?),
+                        }
                     }
                     EntryPayload::Membership(m) => {
                         put_json(
@@ -498,6 +536,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             ok: true,
                             previous: Vec::new(),
                             epoch,
+                            ..Default::default()
                         });
                     }
                 }
@@ -508,6 +547,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             put_json(&mut sm, "epoch", &epoch)?;
         }
         txn.commit().map_err(w)?;
+        self.0.events.publish(pending.changes);
         Ok(out)
     }
 
@@ -543,6 +583,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             put_json(&mut sm, "applied", &meta.last_log_id)?;
             put_json(&mut sm, "membership", &meta.last_membership)?;
             put_json(&mut sm, "epoch", &data.epoch)?;
+            super::fs_state::install(&txn, &data.fs)?;
             let mut snap = txn.open_table(SNAPSHOT).map_err(w)?;
             put_json(
                 &mut snap,

@@ -110,6 +110,54 @@ pub enum Command {
     UpsertNode(NodeInfo),
     /// Removes a node from the map.
     RemoveNode(NodeId),
+    /// Creates the root directory of `/data` if it does not exist yet
+    /// (idempotent; every mount sends it once at start).
+    FsInit {
+        /// Time stamps of the root.
+        now: crate::fs::Time,
+    },
+    /// A namespace operation of `/data`, applied with [`crate::fs::apply`]
+    /// in the state machine's transaction. The result is in
+    /// [`CommandResult::fs`].
+    Fs {
+        /// The operation.
+        op: crate::fs::FsOp,
+        /// Who does it, and when (the only clock the state machine sees).
+        ctx: crate::fs::Ctx,
+        /// Session of the mount that sent it (0: none); its own change
+        /// notifications are not sent back to it.
+        #[serde(default)]
+        origin: u64,
+    },
+    /// Opens or renews a mount's lock session until `expires_ms` (Unix
+    /// ms, by the clock of the node that sent it).
+    FsSession {
+        /// Session id (random per mount).
+        session: u64,
+        /// Lease end.
+        expires_ms: u64,
+    },
+    /// Ends a session and drops its locks (clean unmount).
+    FsEndSession {
+        /// Session id.
+        session: u64,
+    },
+    /// Ends every session whose lease ended before `now_ms` and drops its
+    /// locks (sent by the leader).
+    FsExpire {
+        /// The leader's clock, Unix ms.
+        now_ms: u64,
+    },
+    /// Sets or releases a file lock (flock / POSIX byte range) for a
+    /// session. `ok == false` with [`CommandResult::lock`] on conflict.
+    FsLock {
+        /// Session of the mount.
+        session: u64,
+        /// File.
+        ino: u64,
+        /// The request (owner is the kernel's lock owner on that mount).
+        lock: crate::fs::locks::Lock,
+    },
 }
 
 /// Result of applying a [`Command`].
@@ -122,4 +170,11 @@ pub struct CommandResult {
     pub previous: Vec<Option<String>>,
     /// Map epoch after this command.
     pub epoch: u64,
+    /// For [`Command::Fs`]: the reply or the errno.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fs: Option<Result<crate::fs::FsReply, crate::fs::Errno>>,
+    /// For [`Command::FsLock`] with `ok == false`: the conflicting lock;
+    /// `None` then means the session is unknown (expired): `ENOLCK`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock: Option<crate::fs::locks::Lock>,
 }

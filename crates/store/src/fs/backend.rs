@@ -47,6 +47,13 @@ pub trait Meta: Send + Sync + 'static {
     fn sync(&self) -> Result<(), Errno> {
         Ok(())
     }
+    /// Called when a file or directory is opened: backends that cache
+    /// metadata or read from a replica that may lag (the cluster) make the
+    /// following reads of `ino` see every change committed before this
+    /// call (close-to-open consistency). Local backends do nothing.
+    fn refresh(&self, _ino: u64) -> Result<(), Errno> {
+        Ok(())
+    }
     /// Changes made by other clients, for the mount to drop what the kernel
     /// cached (names, attributes, pages). `None` when nobody else can change
     /// the namespace (the local backend). Called once per mount.
@@ -56,7 +63,7 @@ pub trait Meta: Send + Sync + 'static {
 }
 
 /// Something another client changed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Change {
     /// Attributes or content of `ino`.
     Inode(u64),

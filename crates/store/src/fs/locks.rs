@@ -128,6 +128,14 @@ impl LockTable {
         Ok(())
     }
 
+    /// The locks held on `ino`.
+    pub fn locks(&self, ino: u64) -> &[Lock] {
+        self.files
+            .get(&ino)
+            .map(|v| v.as_slice())
+            .unwrap_or_default()
+    }
+
     /// Drops every lock of `owner` on `ino`.
     pub fn release_owner(&mut self, ino: u64, owner: u64) {
         if let Some(locks) = self.files.get_mut(&ino) {

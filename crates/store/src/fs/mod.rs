@@ -18,6 +18,7 @@
 
 mod apply;
 pub mod backend;
+pub mod cluster_backend;
 pub mod locks;
 pub mod mem;
 pub mod redb_store;

@@ -106,6 +106,14 @@ impl RedbFs {
     /// A consistent read-only snapshot.
     pub fn read(&self) -> Result<ReadView, StoreError> {
         let txn = self.db.begin_read().map_err(db)?;
+        ReadView::new(&txn)
+    }
+}
+
+impl ReadView {
+    /// The namespace tables as `txn` sees them. The tables must exist (a
+    /// write transaction created them: [`create_tables`]).
+    pub fn new(txn: &redb::ReadTransaction) -> Result<Self, StoreError> {
         Ok(ReadView {
             inodes: txn.open_table(INODES).map_err(db)?,
             dentries: txn.open_table(DENTRIES).map_err(db)?,
@@ -114,6 +122,126 @@ impl RedbFs {
             inline: txn.open_table(INLINE).map_err(db)?,
         })
     }
+
+    /// Every chunk id some file's slice list references (inline chunks
+    /// included), sorted and without duplicates. The garbage collector
+    /// keeps these.
+    pub fn referenced_chunks(&self) -> Result<Vec<ChunkId>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.slices.iter().map_err(db)? {
+            let (k, v) = item.map_err(db)?;
+            let list = slices::decode(v.value())
+                .ok_or_else(|| StoreError::Corrupt(format!("slice list of inode {}", k.value())))?;
+            out.extend(list.iter().map(|s| s.chunk));
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+}
+
+/// Creates the namespace tables in `txn` if they do not exist yet.
+pub fn create_tables(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    WriteView::new(txn).map(|_| ())
+}
+
+/// The namespace tables of a write transaction as an [`FsStore`]; the
+/// caller commits or aborts `txn`. Used by the Raft state machine, which
+/// applies namespace ops in the same transaction that records the applied
+/// log id.
+pub fn write_view(txn: &redb::WriteTransaction) -> Result<impl FsStore + '_, StoreError> {
+    WriteView::new(txn)
+}
+
+/// Every namespace table as raw (key, value) pairs, for Raft snapshots.
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Dump {
+    /// `inodes`.
+    pub inodes: Vec<(u64, Vec<u8>)>,
+    /// `dentries`.
+    pub dentries: Vec<(Vec<u8>, Vec<u8>)>,
+    /// `slices`.
+    pub slices: Vec<(u64, Vec<u8>)>,
+    /// `orphans`.
+    pub orphans: Vec<u64>,
+    /// `meta` (counters).
+    pub meta: Vec<(String, u64)>,
+    /// `inline_chunks`.
+    pub inline: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Raw (key, value) pairs of a table.
+type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Copies every namespace table out of `txn`.
+pub fn dump(txn: &redb::ReadTransaction) -> Result<Dump, StoreError> {
+    fn bytes_table(
+        t: &redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+    ) -> Result<Pairs, StoreError> {
+        let mut out = Vec::new();
+        for item in t.iter().map_err(db)? {
+            let (k, v) = item.map_err(db)?;
+            out.push((k.value().to_vec(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+    fn ino_table(
+        t: &redb::ReadOnlyTable<u64, &'static [u8]>,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        for item in t.iter().map_err(db)? {
+            let (k, v) = item.map_err(db)?;
+            out.push((k.value(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+    let view = ReadView::new(txn)?;
+    let meta_t = txn.open_table(META).map_err(db)?;
+    let mut meta = Vec::new();
+    for item in meta_t.iter().map_err(db)? {
+        let (k, v) = item.map_err(db)?;
+        meta.push((k.value().to_string(), v.value()));
+    }
+    Ok(Dump {
+        inodes: ino_table(&view.inodes)?,
+        dentries: bytes_table(&view.dentries)?,
+        slices: ino_table(&view.slices)?,
+        orphans: get_orphans(&view.orphans)?,
+        meta,
+        inline: bytes_table(&view.inline)?,
+    })
+}
+
+/// Replaces every namespace table of `txn` by `d`.
+pub fn restore(txn: &redb::WriteTransaction, d: &Dump) -> Result<(), StoreError> {
+    let mut v = WriteView::new(txn)?;
+    v.inodes.retain(|_, _| false).map_err(db)?;
+    v.dentries.retain(|_, _| false).map_err(db)?;
+    v.slices.retain(|_, _| false).map_err(db)?;
+    v.orphans.retain(|_, _| false).map_err(db)?;
+    v.meta.retain(|_, _| false).map_err(db)?;
+    v.inline.retain(|_, _| false).map_err(db)?;
+    for (k, val) in &d.inodes {
+        v.inodes.insert(*k, val.as_slice()).map_err(db)?;
+    }
+    for (k, val) in &d.dentries {
+        v.dentries
+            .insert(k.as_slice(), val.as_slice())
+            .map_err(db)?;
+    }
+    for (k, val) in &d.slices {
+        v.slices.insert(*k, val.as_slice()).map_err(db)?;
+    }
+    for k in &d.orphans {
+        v.orphans.insert(*k, ()).map_err(db)?;
+    }
+    for (k, val) in &d.meta {
+        v.meta.insert(k.as_str(), *val).map_err(db)?;
+    }
+    for (k, val) in &d.inline {
+        v.inline.insert(k.as_slice(), val.as_slice()).map_err(db)?;
+    }
+    Ok(())
 }
 
 fn dentry_key(parent: u64, name: &[u8]) -> Vec<u8> {

@@ -29,6 +29,11 @@ use super::cache::ChunkCache;
 pub struct ClientOptions {
     /// Largest chunk written (≤ [`MAX_CHUNK`]).
     pub chunk_size: usize,
+    /// Buffered bytes of one file handed to a background commit at once
+    /// (at least one chunk): several chunks of a batch are stored in
+    /// parallel and committed with one metadata op, which hides the
+    /// latency of a networked backend. 0: one chunk.
+    pub commit_bytes: usize,
     /// Bytes of chunks kept in memory for reads.
     pub cache_bytes: usize,
     /// Bytes of unwritten data buffered over all open files before writes
@@ -45,6 +50,7 @@ impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
             chunk_size: MAX_CHUNK,
+            commit_bytes: 0,
             cache_bytes: 256 << 20,
             dirty_limit: 256 << 20,
             prefetch_threads: 2,
@@ -179,6 +185,10 @@ impl Client {
         mut opts: ClientOptions,
     ) -> Arc<Self> {
         opts.chunk_size = opts.chunk_size.clamp(4096, MAX_CHUNK);
+        opts.commit_bytes = match opts.commit_bytes {
+            0 => opts.chunk_size,
+            n => n.clamp(opts.chunk_size, 16 * MAX_CHUNK),
+        };
         opts.inline_max = opts.inline_max.min(crate::fs::MAX_INLINE);
         let cache = Arc::new(ChunkCache::new(opts.cache_bytes));
         let prefetch = (opts.prefetch_threads > 0).then(|| {
@@ -369,7 +379,7 @@ impl Client {
         if f.extents.len() >= MAX_EXTENTS || total > self.opts.dirty_limit {
             let mut f = wait_idle(&s, f);
             self.commit(ino, &mut f)?;
-        } else if f.dirty >= self.opts.chunk_size {
+        } else if f.dirty >= self.opts.commit_bytes {
             // A full chunk: store it in the background while the writer
             // fills the next one (at most one in flight per file).
             let f = wait_idle(&s, f);

@@ -43,6 +43,12 @@ pub struct FuseOptions {
     pub ttl: Duration,
     /// Bypass the kernel page cache (`FOPEN_DIRECT_IO`).
     pub direct_io: bool,
+    /// Send `flock` locks to [`Locks`] too (the cluster: exclusion across
+    /// nodes). fuser does not say whether a lock request is an flock or an
+    /// fcntl lock, so both then share one table and an flock conflicts
+    /// with another process's overlapping fcntl write lock on the same
+    /// file; without it flock stays inside this kernel (one node only).
+    pub flock: bool,
 }
 
 /// One `opendir`'s snapshot of a directory (POSIX allows entries added or
@@ -223,6 +229,9 @@ impl Filesystem for StoreFs {
         // in the kernel: fuser 0.18 does not pass FUSE_LK_FLOCK, and flock
         // and fcntl locks must not conflict with each other.
         let _ = config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS);
+        if self.opts.flock {
+            let _ = config.add_capabilities(InitFlags::FUSE_FLOCK_LOCKS);
+        }
         Ok(())
     }
 
@@ -412,6 +421,10 @@ impl Filesystem for StoreFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // Close-to-open: see every change committed before this open.
+        if let Err(e) = self.client.meta().refresh(ino.0) {
+            return reply.error(errno(e));
+        }
         match self.client.meta().inode(ino.0) {
             Ok(i) if i.is_dir() => reply.error(fuser::Errno::EISDIR),
             Ok(_) => {
@@ -515,6 +528,9 @@ impl Filesystem for StoreFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if let Err(e) = self.client.meta().refresh(ino.0) {
+            return reply.error(errno(e));
+        }
         match self.client.meta().inode(ino.0) {
             Ok(i) if i.is_dir() => reply.opened(FileHandle(self.fh()), FopenFlags::empty()),
             Ok(_) => reply.error(fuser::Errno::ENOTDIR),

@@ -17,6 +17,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use b3_common::Shutdown;
 
+use crate::fs::locks::Locks;
 use crate::fs::{ChunkIo, LocalChunks, LocalMeta, Meta};
 use client::{Client, ClientOptions};
 use fuse::{FuseOptions, StoreFs};
@@ -28,8 +29,11 @@ pub struct MountArgs {
     #[arg(value_name = "DIR")]
     pub dir: PathBuf,
 
-    /// Where files live. `local:PATH` keeps metadata (PATH/meta.redb) and
-    /// chunks (PATH/chunks/) in a directory of this node.
+    /// Where files live. `cluster:DATA_DIR` uses the cluster of the
+    /// `store server` whose data directory is DATA_DIR on this host (its
+    /// certificate, then QUIC to it and, if it is down, to the other
+    /// nodes). `local:PATH` keeps metadata (PATH/meta.redb) and chunks
+    /// (PATH/chunks/) in a directory of this node, for one host only.
     #[arg(
         long,
         env = "STORE_BACKEND",
@@ -63,15 +67,20 @@ pub struct MountArgs {
 pub enum Backend {
     /// Metadata and chunks in a local directory.
     Local(PathBuf),
+    /// The cluster of the server with this data directory.
+    Cluster(PathBuf),
 }
 
 impl Backend {
-    /// Parses `local:PATH`.
+    /// Parses `local:PATH` or `cluster:DATA_DIR`.
     pub fn parse(s: &str) -> Result<Backend, String> {
         match s.split_once(':') {
             Some(("local", path)) if !path.is_empty() => Ok(Backend::Local(PathBuf::from(path))),
+            Some(("cluster", path)) if !path.is_empty() => {
+                Ok(Backend::Cluster(PathBuf::from(path)))
+            }
             _ => Err(format!(
-                "backend {s:?} is not understood; use local:PATH (a directory for metadata and chunks)"
+                "backend {s:?} is not understood; use cluster:DATA_DIR (the --data-dir of the store server on this host) or local:PATH (a directory for metadata and chunks)"
             )),
         }
     }
@@ -81,13 +90,25 @@ impl std::fmt::Display for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Backend::Local(p) => write!(f, "local:{}", p.display()),
+            Backend::Cluster(p) => write!(f, "cluster:{}", p.display()),
         }
     }
 }
 
-/// Opens a backend's metadata and chunk store.
-pub fn open_backend(b: &Backend) -> anyhow::Result<(Arc<dyn Meta>, Arc<dyn ChunkIo>)> {
+/// What a mount needs from a backend.
+pub type Opened = (Arc<dyn Meta>, Arc<dyn ChunkIo>, Arc<dyn Locks>);
+
+/// Opens a backend's metadata, chunk store and lock service.
+pub fn open_backend(b: &Backend) -> anyhow::Result<Opened> {
     match b {
+        Backend::Cluster(dir) => {
+            let conn = crate::fs::cluster_backend::ClusterConn::connect(dir)?;
+            Ok((
+                Arc::new(crate::fs::cluster_backend::ClusterMeta(conn.clone())),
+                Arc::new(crate::fs::cluster_backend::ClusterChunks(conn.clone())),
+                Arc::new(crate::fs::cluster_backend::ClusterLocks::new(conn)),
+            ))
+        }
         Backend::Local(dir) => {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("creating the backend directory {}", dir.display()))?;
@@ -99,7 +120,11 @@ pub fn open_backend(b: &Backend) -> anyhow::Result<(Arc<dyn Meta>, Arc<dyn Chunk
             })?;
             let chunks = LocalChunks::open(&dir.join("chunks"))
                 .with_context(|| format!("opening the chunk directory {}/chunks", dir.display()))?;
-            Ok((Arc::new(meta), Arc::new(chunks)))
+            Ok((
+                Arc::new(meta),
+                Arc::new(chunks),
+                Arc::new(crate::fs::locks::LocalLocks::new()),
+            ))
         }
     }
 }
@@ -239,32 +264,43 @@ pub async fn run(args: MountArgs, mut shutdown: Shutdown) -> anyhow::Result<()> 
     let dir = std::path::absolute(&args.dir)
         .with_context(|| format!("resolving the mount point {}", args.dir.display()))?;
     prepare_mountpoint(&dir)?;
-    let (meta, chunks) = open_backend(&args.backend)?;
+    let backend = args.backend.clone();
+    let (meta, chunks, locks) =
+        tokio::task::spawn_blocking(move || open_backend(&backend)).await??;
     let client = Client::new(
         meta,
         chunks,
         ClientOptions {
             cache_bytes: args.cache_mb << 20,
+            // Over the network: 4 chunks stored in parallel per commit.
+            commit_bytes: match &args.backend {
+                Backend::Cluster(_) => 4 * crate::chunk::MAX_CHUNK,
+                Backend::Local(_) => 0,
+            },
             ..ClientOptions::default()
         },
     );
     // The local backend has exactly one client: nothing can hold an
-    // unlinked file open across a restart.
-    let Backend::Local(_) = &args.backend;
-    match client.purge_orphans() {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(
-            count = n,
-            "deleted files unlinked while open before the last unmount"
-        ),
-        Err(e) => tracing::warn!(error = %e, "listing orphaned files failed"),
+    // unlinked file open across a restart. (On a cluster another mount
+    // may still have them open; they stay until purged there.)
+    if let Backend::Local(_) = &args.backend {
+        let c = client.clone();
+        match tokio::task::spawn_blocking(move || c.purge_orphans()).await? {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                count = n,
+                "deleted files unlinked while open before the last unmount"
+            ),
+            Err(e) => tracing::warn!(error = %e, "listing orphaned files failed"),
+        }
     }
     let fs = StoreFs::new(
         client.clone(),
-        Arc::new(crate::fs::locks::LocalLocks::new()),
+        locks,
         FuseOptions {
             ttl: Duration::from_millis(args.ttl_ms),
             direct_io: args.direct_io,
+            flock: matches!(args.backend, Backend::Cluster(_)),
         },
     );
     let bg = serve(
