@@ -45,7 +45,9 @@ down() {
   done
   for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
   if [ -n "$mnt" ] && mountpoint -q "$mnt"; then umount -l "$mnt" 2>/dev/null || true; fi
+  log "daemons stopped; removing $state"
   rm -rf "$state"
+  log "removed $state"
 }
 
 # start NAME CMD...: runs a daemon in the foreground (-f) in its own

@@ -63,7 +63,9 @@ down() {
   local tag
   tag=$(echo "${state#/}" | tr / -)
   rm -f /var/log/glusterfs/bricks/"$tag"-* 2>/dev/null || true
+  log "daemons stopped; removing $state"
   rm -rf "$state"
+  log "removed $state"
 }
 
 up() {

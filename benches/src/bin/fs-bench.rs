@@ -183,7 +183,9 @@ impl Drop for Mounted {
             Teardown::Script { script, state, log } => {
                 let mut cmd = Command::new(script);
                 cmd.arg("down").arg(&*state);
-                if let Err(e) = run_bounded(&mut cmd, Duration::from_secs(180), log, true) {
+                // Generous: removing a state dir with a few hundred thousand
+                // brick files takes minutes on a loaded disk.
+                if let Err(e) = run_bounded(&mut cmd, Duration::from_secs(900), log, true) {
                     eprintln!("fs-bench: tearing down {}: {e:#}", state.display());
                 }
             }
