@@ -21,6 +21,7 @@
 //!   falls back to `local`, labelled, when the `store` binary has no
 //!   cluster backend yet
 //! - `FS_BENCH_STORE_MOUNT_ARGS` extra `store mount` flags (space separated)
+//! - `FS_BENCH_STORE_BIN` the `store` binary (default: next to this one)
 //! - `FS_BENCH_DIR` where everything goes (default /var/tmp)
 //! - `FS_BENCH_SEQ_MB` (512), `FS_BENCH_RAND_MB` (256),
 //!   `FS_BENCH_RUNTIME` seconds per random fio job (10), `FS_BENCH_FILES`
@@ -822,7 +823,9 @@ fn prepare(root: &Path) -> anyhow::Result<Ctx> {
         .map(PathBuf::from)
         .unwrap_or_else(|| repo.join("benches/fs"));
     let sibling = std::env::current_exe()?.with_file_name("store");
-    let store_bin = if sibling.is_file() {
+    let store_bin = if let Some(b) = std::env::var_os("FS_BENCH_STORE_BIN") {
+        PathBuf::from(b)
+    } else if sibling.is_file() {
         sibling
     } else {
         b3_tests::bins::bin("store")?
