@@ -4,18 +4,25 @@
 //! (write + fsync, then read back) in the same directory tree.
 //!
 //! Three copies on one disk means the physical bar for PUT is 1/3 of the
-//! local write bandwidth (target ratio 0.33). Ceph (`rados bench`) is not
-//! set up by this benchmark.
+//! local write bandwidth (target ratio 0.33).
+//!
+//! Then the same sizes against Ceph: a minimal Pacific cluster (1 mon,
+//! 1 mgr, 3 bluestore OSDs on files, pool size 3) set up by
+//! `benches/fs/ceph.sh` and measured with `rados bench` (write, then seq
+//! read, same number of concurrent ops as our clients). If Ceph cannot be
+//! set up the second table says n/a and why.
 //!
 //! Knobs: `STORE_BENCH_DIR` (where data goes; default a temp dir under
 //! /var/tmp), `STORE_BENCH_BIG` (4 MiB objects, default 48),
 //! `STORE_BENCH_SMALL` (4 KiB objects, default 1500), `STORE_BENCH_CLIENTS`
-//! (concurrent clients, default 4).
+//! (concurrent clients, default 4), `STORE_BENCH_CEPH=0` (skip Ceph),
+//! `STORE_BENCH_RADOS_SECS` (seconds per `rados bench` run, default 10).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -264,6 +271,119 @@ fn local_bench(
     Ok((write, read))
 }
 
+/// Set by SIGINT/SIGTERM during the Ceph part, so the cluster is torn down.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// The Ceph cluster of `benches/fs/ceph.sh`, torn down on drop.
+struct Ceph {
+    script: PathBuf,
+    state: PathBuf,
+}
+
+impl Drop for Ceph {
+    fn drop(&mut self) {
+        let ok = Command::new("timeout")
+            .args(["-k", "5", "180"])
+            .arg(&self.script)
+            .arg("down")
+            .arg(&self.state)
+            .stdin(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!(
+                "store-bench: tearing down Ceph in {} failed",
+                self.state.display()
+            );
+        }
+    }
+}
+
+/// Runs `cmd` under `timeout`, returns stdout; stderr goes to `log`.
+fn bounded(secs: u64, cmd: &[&str], log: &Path) -> anyhow::Result<String> {
+    if STOP.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    let err = std::fs::File::create(log)?;
+    let out = Command::new("timeout")
+        .args(["-k", "5", &secs.to_string()])
+        .args(cmd)
+        .stdin(Stdio::null())
+        .stderr(err)
+        .output()
+        .with_context(|| format!("running {}", cmd.join(" ")))?;
+    if !out.status.success() {
+        let e = std::fs::read_to_string(log).unwrap_or_default();
+        let tail: Vec<&str> = e.lines().rev().take(4).collect();
+        bail!(
+            "{} failed ({}): {}",
+            cmd.join(" "),
+            out.status,
+            tail.join(" | ")
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A number after `label` in `rados bench` output ("Bandwidth (MB/sec):").
+fn rados_field(out: &str, label: &str) -> anyhow::Result<f64> {
+    out.lines()
+        .find_map(|l| l.strip_prefix(label)?.trim().parse().ok())
+        .with_context(|| format!("no {label:?} in rados bench output"))
+}
+
+/// PUT/GET MiB/s of 4 MiB objects and ops/s of 4 KiB objects on Ceph.
+fn rados_bench(tmp: &Path, clients: usize) -> anyhow::Result<[f64; 4]> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fs/ceph.sh");
+    let state = tmp.join("ceph");
+    let s = state.display().to_string();
+    let ceph = Ceph {
+        script: script.clone(),
+        state: state.clone(),
+    };
+    let log = |n: &str| tmp.join(format!("{n}.log"));
+    bounded(
+        420,
+        &[&script.display().to_string(), "up", &s],
+        &log("ceph-up"),
+    )?;
+    let conf = format!("{s}/ceph.conf");
+    let secs = std::env::var("STORE_BENCH_RADOS_SECS").unwrap_or_else(|_| "10".into());
+    let t = clients.to_string();
+    let mut out = [0.0; 4];
+    for (i, (size, name)) in [("4194304", "big"), ("4096", "small")].iter().enumerate() {
+        let base = ["rados", "-c", &conf, "-p", "bench", "bench", &secs];
+        let mut w: Vec<&str> = base.to_vec();
+        w.extend([
+            "write",
+            "-b",
+            size,
+            "-t",
+            &t,
+            "--no-cleanup",
+            "--run-name",
+            name,
+        ]);
+        let wo = bounded(300, &w, &log(&format!("rados-{name}-write")))?;
+        let mut r: Vec<&str> = base.to_vec();
+        r.extend(["seq", "-t", &t, "--run-name", name]);
+        let ro = bounded(300, &r, &log(&format!("rados-{name}-seq")))?;
+        if i == 0 {
+            out[0] = rados_field(&wo, "Bandwidth (MB/sec):")?;
+            out[1] = rados_field(&ro, "Bandwidth (MB/sec):")?;
+        } else {
+            out[2] = rados_field(&wo, "Average IOPS:")?;
+            out[3] = rados_field(&ro, "Average IOPS:")?;
+        }
+    }
+    drop(ceph);
+    Ok(out)
+}
+
 fn main() -> anyhow::Result<()> {
     // Next to this binary (target/release/store), else the test layout.
     let sibling = std::env::current_exe()?.with_file_name("store");
@@ -345,5 +465,48 @@ fn main() -> anyhow::Result<()> {
             &rows
         )
     );
+
+    if std::env::var("STORE_BENCH_CEPH").as_deref() == Ok("0") {
+        return Ok(());
+    }
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+    let ceph = rados_bench(tmp.path(), clients);
+    let why = match &ceph {
+        Ok(_) => String::new(),
+        Err(e) => format!("Ceph n/a: {e:#}"),
+    };
+    let ceph_row = |w: &str, unit: &str, ours: f64, i: usize| Row {
+        workload: w.into(),
+        unit: unit.into(),
+        ours,
+        reference_name: "rados bench".into(),
+        reference: ceph.as_ref().ok().map(|c| c[i]),
+        better: Better::Higher,
+        target: None,
+    };
+    let rows = vec![
+        ceph_row("PUT 4 MiB, size 3", "MiB/s", mibs(big_n, put_big), 0),
+        ceph_row("GET 4 MiB", "MiB/s", mibs(big_n, get_big), 1),
+        ceph_row("PUT 4 KiB, size 3", "ops/s", ops(small_n, put_small), 2),
+        ceph_row("GET 4 KiB", "ops/s", ops(small_n, get_small), 3),
+    ];
+    print!(
+        "{}",
+        render(
+            &format!(
+                "store vs Ceph 16 RADOS (1 mon, 3 bluestore OSDs on files, pool size 3), {clients} concurrent ops, rados bench write + seq"
+            ),
+            &rows
+        )
+    );
+    if !why.is_empty() {
+        println!("{why}");
+    }
+    if STOP.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
     Ok(())
 }
