@@ -18,7 +18,10 @@
 //! shared, and this keeps a burst of someone else's work from deciding.
 //!
 //! Knobs: `EDGE_BENCH_SECS` (seconds per run, default 5),
-//! `EDGE_BENCH_ROUNDS`, `EDGE_BENCH_ONLY=routers` (only 1,000 routers vs 1).
+//! `EDGE_BENCH_ROUNDS`, `EDGE_BENCH_ONLY` (comma-separated parts: `1k`,
+//! `100k`, `h2`, `close`, `routers`; default all), `EDGE_BENCH_PROXIES`
+//! (comma-separated, default `edge,nginx,haproxy,caddy`; edge is always
+//! run).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -552,21 +555,40 @@ fn main() -> anyhow::Result<()> {
         edge_bin,
     };
 
-    let only_routers = std::env::var("EDGE_BENCH_ONLY").as_deref() == Ok("routers");
-    let proxies = ["edge", "nginx", "haproxy", "caddy"];
-    let tests: [(&str, &str); 4] = [
+    let only: Vec<String> = std::env::var("EDGE_BENCH_ONLY")
+        .unwrap_or_default()
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let wanted = |part: &str| only.is_empty() || only.iter().any(|o| o == part);
+    let all_proxies = ["edge", "nginx", "haproxy", "caddy"];
+    let chosen = std::env::var("EDGE_BENCH_PROXIES").unwrap_or_default();
+    let proxies: Vec<&str> = all_proxies
+        .into_iter()
+        .filter(|p| *p == "edge" || chosen.is_empty() || chosen.split(',').any(|c| c.trim() == *p))
+        .collect();
+    let tests: Vec<(&str, &str)> = [
         ("wrk h1 keep-alive 64c 1KiB", "1k"),
         ("wrk h1 keep-alive 64c 100KiB", "100k"),
         ("h2load h2 64c x 10 streams 1KiB", "h2"),
         ("wrk new TLS conn per request 1KiB", "close"),
-    ];
+    ]
+    .into_iter()
+    .filter(|(_, kind)| wanted(kind))
+    .collect();
+    for o in &only {
+        if !["1k", "100k", "h2", "close", "routers"].contains(&o.as_str()) {
+            bail!("EDGE_BENCH_ONLY: unknown part {o:?} (parts: 1k, 100k, h2, close, routers)");
+        }
+    }
     let rounds: usize = std::env::var("EDGE_BENCH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2);
-    if !only_routers {
+    if !tests.is_empty() {
         let mut running: Vec<Option<(Proc, u16)>> = Vec::new();
-        for name in proxies {
+        for &name in &proxies {
             match start_proxy(name, &setup) {
                 Ok(x) => running.push(Some(x)),
                 Err(e) => {
@@ -625,7 +647,10 @@ fn main() -> anyhow::Result<()> {
         println!(
             "{:<38} {}",
             "workload",
-            proxies.map(|p| format!("{p:>28}")).join("")
+            proxies
+                .iter()
+                .map(|p| format!("{p:>28}"))
+                .collect::<String>()
         );
         for (ti, (label, _)) in tests.iter().enumerate() {
             let cells: String = results[ti]
@@ -699,6 +724,9 @@ fn main() -> anyhow::Result<()> {
         );
     }
 
+    if !wanted("routers") {
+        return Ok(());
+    }
     // 1,000 routers against 1: the matcher looks hosts up in a map, so the
     // request rate must not drop measurably.
     let variants = ["edge-1r", "edge-1000r"];

@@ -6,6 +6,7 @@
 
 pub mod accesslog;
 pub mod balancer;
+pub mod coalesce;
 pub mod connector;
 pub mod health;
 pub mod listener;
