@@ -239,9 +239,11 @@ mod tests {
         let mut c = Coalesce::new(Recorder::default());
         c.write_all(b"frame one;").await.unwrap();
         c.write_all(b"frame two;").await.unwrap();
-        c.write_vectored(&[IoSlice::new(b"head;"), IoSlice::new(b"body")])
+        let n = c
+            .write_vectored(&[IoSlice::new(b"head;"), IoSlice::new(b"body")])
             .await
             .unwrap();
+        assert_eq!(n, 9, "small vectored writes are taken whole");
         assert!(
             c.get_ref().writes.is_empty(),
             "nothing written before flush"
