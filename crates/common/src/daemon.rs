@@ -20,11 +20,45 @@ where
     F: FnOnce(Shutdown) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
+    main_with_workers(binary, log, None, body)
+}
+
+/// The number of CPUs this process may run on (its affinity mask, e.g.
+/// under `taskset` or a container CPU limit), at least 1.
+pub fn available_cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// As [`main`], with a chosen number of runtime worker threads: `None` is
+/// tokio's default (one per available CPU) and `Some(1)` runs everything on
+/// the main thread with the current-thread scheduler, which skips the
+/// cross-thread wake-ups and atomics a one-worker pool would still pay.
+pub fn main_with_workers<F, Fut>(
+    binary: &str,
+    log: &LogArgs,
+    workers: Option<usize>,
+    body: F,
+) -> ExitCode
+where
+    F: FnOnce(Shutdown) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
     if let Err(e) = log.init() {
         eprintln!("{binary}: error: {e}");
         return ExitCode::from(EXIT_USAGE);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let mut builder = match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n.max(1));
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = match builder
         .enable_all()
         .thread_name(format!("{binary}-worker"))
         .build()

@@ -169,6 +169,18 @@ pub struct RunArgs {
     )]
     pub max_connections: usize,
 
+    /// Threads serving connections; 0 means one per CPU edge may run on
+    /// (its affinity mask, e.g. a container's cpuset). With one, edge runs a
+    /// single-threaded event loop (like an nginx worker), which is the
+    /// fastest way to use one core.
+    #[arg(
+        long,
+        env = "EDGE_WORKER_THREADS",
+        default_value_t = 0,
+        value_name = "N"
+    )]
+    pub worker_threads: usize,
+
     /// Swarm provider settings.
     #[command(flatten)]
     pub swarm: crate::swarm::SwarmArgs,
@@ -195,7 +207,40 @@ pub enum Command {
     },
 }
 
+/// rustls warns about every handshake whose client sent an IP address as
+/// SNI (load testers, health checkers and `curl https://10.0.0.5/` do):
+/// one line per connection caused by the client, which costs a formatted
+/// line and a write per handshake and lets any client flood the log. Unless
+/// the filter (`--log-level`, else `RUST_LOG`) names rustls itself, that
+/// module logs errors only.
+pub fn quiet_handshake_noise(log: &mut LogArgs) {
+    let rust_log = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let current = match (&log.log_level, rust_log) {
+        (Some(v), _) => v.clone(),
+        (None, Some(v)) => {
+            if b3_common::logging::filter(None, Some(&v)).is_err() {
+                return; // let start-up report the bad RUST_LOG as such
+            }
+            v
+        }
+        (None, None) => "info".into(),
+    };
+    if !current.contains("rustls") {
+        log.log_level = Some(format!("{current},rustls::msgs::handshake=error"));
+    }
+}
+
 impl RunArgs {
+    /// Runtime worker threads to start (`--worker-threads`, 0 = per CPU).
+    pub fn workers(&self) -> usize {
+        match self.worker_threads {
+            0 => b3_common::daemon::available_cpus(),
+            n => n,
+        }
+    }
+
     fn options(&self) -> Options {
         Options {
             https_port: self.https_port.unwrap_or(self.websecure_addr.port()),
@@ -433,6 +478,26 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn rustls_sni_warnings_are_quieted_unless_asked_for() {
+        let mut c = Cli::try_parse_from(["edge", "--log-level", "warn"]).unwrap();
+        quiet_handshake_noise(&mut c.log);
+        assert_eq!(
+            c.log.log_level.as_deref(),
+            Some("warn,rustls::msgs::handshake=error")
+        );
+        let mut c = Cli::try_parse_from(["edge", "--log-level", "info,rustls=debug"]).unwrap();
+        quiet_handshake_noise(&mut c.log);
+        assert_eq!(c.log.log_level.as_deref(), Some("info,rustls=debug"));
+        let mut c = Cli::try_parse_from(["edge", "--log-level", "warn"]).unwrap();
+        c.log.log_level = Some("bogus=loud".into());
+        quiet_handshake_noise(&mut c.log);
+        assert!(
+            b3_common::logging::filter(c.log.log_level.as_deref(), None).is_err(),
+            "a bad filter stays bad and is reported at start-up"
+        );
     }
 
     #[test]

@@ -518,3 +518,52 @@ fn https_backends_verified_or_explicitly_not() {
     ]);
     assert!(out.contains("x-forwarded-proto: https"), "{out}");
 }
+
+/// Many HTTP/2 streams on one connection, small and large responses, with
+/// edge on its single-threaded event loop: every response arrives whole
+/// (HTTP/2 writes are coalesced and their flush deferred to the next poll
+/// of the connection, so a lost or late flush would hang or cut one).
+#[test]
+fn http2_multiplexed_streams_on_one_worker_thread() {
+    let b = backend("mux");
+    let edge = Edge::start(&config(&[&b], ""), &["--worker-threads", "1"]);
+    let resolve = edge.resolve("app.b3.swarm");
+    let mut sizes = Vec::new();
+    for i in 0..60u64 {
+        // Mostly small (several per TLS record), some past a record (16 KiB)
+        // and past the initial HTTP/2 window (64 KiB).
+        sizes.push(match i % 6 {
+            0 => 300_000,
+            1 => 20_000,
+            _ => 1_000 + i,
+        });
+    }
+    let urls: Vec<String> = sizes
+        .iter()
+        .map(|n| edge.https("app.b3.swarm", &format!("/big?{n}")))
+        .collect();
+    let mut args: Vec<&str> = vec![
+        "-sSk",
+        "--http2",
+        "-Z",
+        "--parallel-max",
+        "60",
+        "--parallel-immediate",
+        "--max-time",
+        "30",
+        "--resolve",
+        &resolve,
+        "-w",
+        "%{size_download} %{http_code} %{http_version}\n",
+    ];
+    for u in &urls {
+        args.extend(["-o", "/dev/null", u.as_str()]);
+    }
+    let (code, out) = curl(&args);
+    assert_eq!(code, 0, "curl failed: {out}\n{}", edge.log());
+    let mut got: Vec<String> = out.lines().map(String::from).collect();
+    let mut want: Vec<String> = sizes.iter().map(|n| format!("{n} 200 2")).collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+}

@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
+use crate::proxy::coalesce::Coalesce;
 use crate::proxy::metrics::{EntrypointLabels, HandshakeLabels};
 use crate::proxy::{handle, ConnInfo, Runtime};
 
@@ -109,14 +110,26 @@ pub async fn serve(ep: EntryPoint, rt: Arc<Runtime>, mut shutdown: b3_common::Sh
                         Ok(Ok(s)) => {
                             count_handshake(&rt_hs, "ok");
                             // ALPN already chose the protocol: skip sniffing for the HTTP/2 preface.
-                            let builder = match s.get_ref().1.alpn_protocol() {
-                                Some(b"h2") => builder.http2_only(),
-                                Some(b"http/1.1") => builder.http1_only(),
-                                _ => builder,
-                            };
-                            let c =
-                                builder.serve_connection_with_upgrades(TokioIo::new(s), service);
-                            watcher.watch(c.into_owned()).await
+                            match s.get_ref().1.alpn_protocol() {
+                                Some(b"h2") => {
+                                    // HTTP/2 writes frame by frame: coalesce them into records.
+                                    let io = TokioIo::new(Coalesce::deferring_flush(s));
+                                    let builder = builder.http2_only();
+                                    let c = builder.serve_connection_with_upgrades(io, service);
+                                    watcher.watch(c.into_owned()).await
+                                }
+                                Some(b"http/1.1") => {
+                                    let builder = builder.http1_only();
+                                    let c = builder
+                                        .serve_connection_with_upgrades(TokioIo::new(s), service);
+                                    watcher.watch(c.into_owned()).await
+                                }
+                                _ => {
+                                    let c = builder
+                                        .serve_connection_with_upgrades(TokioIo::new(s), service);
+                                    watcher.watch(c.into_owned()).await
+                                }
+                            }
                         }
                         Ok(Err(e)) => {
                             count_handshake(&rt_hs, "error");

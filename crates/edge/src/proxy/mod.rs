@@ -6,6 +6,7 @@
 
 pub mod accesslog;
 pub mod balancer;
+pub mod coalesce;
 pub mod connector;
 pub mod health;
 pub mod listener;
@@ -166,6 +167,12 @@ impl Runtime {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(opts.pool_max_idle)
+            // Reads from a server grow their buffer while reads fill it, by
+            // default up to ~400 KiB per connection: 64 connections
+            // streaming 100 KiB responses held 25 MiB of it. 64 KiB is a
+            // few loopback reads per large response, and still room for
+            // any sane response head.
+            .http1_max_buf_size(64 * 1024)
             .pool_timer(TokioTimer::new())
             .set_host(false)
             .build(connector::Connector::new(
@@ -264,19 +271,31 @@ fn client_ip(peer: &SocketAddr) -> IpAddr {
     }
 }
 
-/// Headers that apply to one connection only (RFC 9110 §7.6.1), never forwarded.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authorization",
+/// Headers that apply to one connection only (RFC 9110 §7.6.1), never
+/// forwarded. Made once: a header name given as `&str` is parsed and, for
+/// non-standard ones, copied into a new allocation on every use.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
 ];
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
 fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Most messages carry none (or only `Connection`): look before removing.
+    if !h.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     let listed: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -287,7 +306,7 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     for n in listed {
         h.remove(n);
     }
-    for n in HOP_BY_HOP {
+    for n in &HOP_BY_HOP {
         h.remove(n);
     }
 }
@@ -527,35 +546,46 @@ fn header_value(s: &str) -> Option<HeaderValue> {
 /// Forwarded, X-Real-Ip. Incoming forwarding headers are not trusted (a
 /// client could forge them), so they are replaced, not appended to.
 fn forwarded_headers(h: &mut HeaderMap, conn: &ConnInfo, host_raw: &str) {
+    use std::fmt::Write as _;
     strip_hop_by_hop(h);
     let ip = client_ip(&conn.peer);
     let proto = if conn.tls { "https" } else { "http" };
-    let ip_s = ip.to_string();
-    if let Some(v) = header_value(&ip_s) {
-        h.insert("x-forwarded-for", v.clone());
-        h.insert("x-real-ip", v);
-    }
-    h.insert(
-        "x-forwarded-proto",
-        HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
-    );
-    if let Some(v) = header_value(host_raw) {
-        h.insert("x-forwarded-host", v);
-    }
-    h.insert("x-forwarded-port", HeaderValue::from(conn.local_port));
-    let for_ = match ip {
-        IpAddr::V6(_) => format!("\"[{ip_s}]\""),
-        IpAddr::V4(_) => ip_s,
+    // One buffer for the `Forwarded` value; the address is a slice of it.
+    let mut fwd = String::with_capacity(64 + host_raw.len());
+    fwd.push_str("for=");
+    let ip_at = match ip {
+        IpAddr::V6(_) => {
+            fwd.push_str("\"[");
+            fwd.len()
+        }
+        IpAddr::V4(_) => fwd.len(),
     };
-    let mut fwd = format!("for={for_};proto={proto}");
+    let _ = write!(fwd, "{ip}");
+    let ip_end = fwd.len();
+    if let Ok(v) = HeaderValue::from_str(&fwd[ip_at..ip_end]) {
+        h.insert(X_FORWARDED_FOR, v.clone());
+        h.insert(X_REAL_IP, v);
+    }
+    if ip.is_ipv6() {
+        fwd.push_str("]\"");
+    }
+    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    if let Some(v) = header_value(host_raw) {
+        h.insert(X_FORWARDED_HOST, v);
+    }
+    h.insert(X_FORWARDED_PORT, HeaderValue::from(conn.local_port));
+    fwd.push_str(";proto=");
+    fwd.push_str(proto);
     if !host_raw.is_empty()
         && host_raw
             .bytes()
             .all(|b| b.is_ascii_graphic() && b != b'"' && b != b';' && b != b',')
     {
-        fwd.push_str(&format!(";host=\"{host_raw}\""));
+        fwd.push_str(";host=\"");
+        fwd.push_str(host_raw);
+        fwd.push('"');
     }
-    if let Some(v) = header_value(&fwd) {
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(fwd)) {
         h.insert(header::FORWARDED, v);
     }
 }
@@ -814,6 +844,28 @@ mod tests {
             h[header::FORWARDED],
             "for=10.0.0.9;proto=https;host=\"app.b3.swarm\""
         );
+    }
+
+    #[test]
+    fn forwarded_headers_quote_ipv6_and_replace_forged_ones() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
+        h.insert(header::CONNECTION, "close".parse().unwrap());
+        let conn = ConnInfo {
+            entrypoint: "web",
+            tls: false,
+            peer: "[2001:db8::1]:5555".parse().unwrap(),
+            local_port: 80,
+        };
+        forwarded_headers(&mut h, &conn, "a\"b");
+        assert_eq!(h["x-forwarded-for"], "2001:db8::1");
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(h["x-real-ip"], "2001:db8::1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-port"], "80");
+        assert!(!h.contains_key(header::CONNECTION));
+        // A host that cannot be quoted safely is left out of Forwarded.
+        assert_eq!(h[header::FORWARDED], "for=\"[2001:db8::1]\";proto=http");
     }
 
     #[test]
