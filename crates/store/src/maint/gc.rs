@@ -19,7 +19,8 @@
 //! GC does not know. So GC refuses to run (and says so in `store status`)
 //! while any namespace key lies outside the prefixes its sources declare.
 //! Sources today: objects (`o/`) and this module's own markers (`sys/`).
-//! The filesystem namespace plugs in through [`fs_reference_source`].
+//! The filesystem namespace (its own tables, every slice's chunk) is the
+//! third source, [`FsRefs`].
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -89,13 +90,29 @@ impl ReferenceSource for SystemKeys {
     }
 }
 
-/// Hook for the filesystem namespace: the source listing every chunk its
-/// files reference. Returns `None` while the filesystem keeps its metadata
-/// outside the cluster (then it references no cluster chunks). When the
-/// filesystem moves into the metadata group, return its source here; until
-/// then its namespace keys make GC refuse to run, which is the safe side.
+/// Files of the `/data` namespace: every chunk id any file's slice list
+/// (or inline chunk) references. The filesystem keeps its own tables in the
+/// metadata store, not namespace keys, so it declares no key prefix.
+pub struct FsRefs;
+
+impl ReferenceSource for FsRefs {
+    fn name(&self) -> &str {
+        "filesystem"
+    }
+    fn prefixes(&self) -> Vec<String> {
+        Vec::new()
+    }
+    fn collect(&self, cluster: &Cluster, out: &mut HashSet<ChunkId>) -> Result<(), String> {
+        let ids = crate::cluster::fs_state::referenced_chunks(cluster.meta().db())
+            .map_err(|e| format!("reading the filesystem's chunk references: {e}"))?;
+        out.extend(ids);
+        Ok(())
+    }
+}
+
+/// The filesystem namespace's reference source.
 pub fn fs_reference_source() -> Option<Arc<dyn ReferenceSource>> {
-    None
+    Some(Arc::new(FsRefs))
 }
 
 /// The sources a server uses.
