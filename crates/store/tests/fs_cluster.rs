@@ -415,3 +415,60 @@ fn a_mount_fails_over_when_its_own_server_dies() {
     });
     assert_eq!(fs::read(a.p("y")).unwrap(), b"after");
 }
+
+#[test]
+fn garbage_collection_keeps_every_chunk_a_file_references() {
+    if !usable() {
+        return;
+    }
+    // GC runs every second and considers any chunk older than a second:
+    // only the references it reads keep a file's chunks alive.
+    let c = Cluster::start(3, &[], &["--gc-delay", "1s", "--gc-interval", "1s"]);
+    let a = MountProc::start(&c, 0, "a");
+    let big = data(9 << 20, 41);
+    let mut f = File::create(a.p("big")).unwrap();
+    f.write_all(&big).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    fs::create_dir(a.p("d")).unwrap();
+    for i in 0..20 {
+        fs::write(a.p(&format!("d/f{i}")), data(100_000 + i, i as u64)).unwrap();
+    }
+    let before: Vec<usize> = (0..3).map(|i| c.chunk_files(i).len()).collect();
+    assert!(before.iter().all(|n| *n >= 3), "{before:?}");
+    // A planted chunk nothing references, an hour old: GC must take it,
+    // which proves GC ran (and was not blocked) while the files stayed.
+    let template = c.chunk_files(1)[0].clone();
+    let name = "0123456789abcdef0123456789abcdef";
+    let dir = c.nodes[1]
+        .dir
+        .join("chunks")
+        .join(&name[0..2])
+        .join(&name[2..4]);
+    fs::create_dir_all(&dir).unwrap();
+    let planted = dir.join(name);
+    fs::copy(&template, &planted).unwrap();
+    assert!(Command::new("touch")
+        .args(["-d", "1 hour ago"])
+        .arg(&planted)
+        .status()
+        .unwrap()
+        .success());
+    eventually(
+        Duration::from_secs(30),
+        "the planted chunk collected",
+        || (!planted.exists()).then_some(()),
+    );
+    // A few more passes over the real chunks.
+    std::thread::sleep(Duration::from_secs(3));
+    let after: Vec<usize> = (0..3).map(|i| c.chunk_files(i).len()).collect();
+    assert_eq!(before, after, "GC removed chunks files reference");
+    for node in 0..3 {
+        let (code, _, got) = http(c.nodes[node].admin, "GET", "/v1/fs/big", &[], b"").unwrap();
+        assert_eq!(code, 200, "node {node}");
+        assert!(got == big, "big differs on node {node}");
+        let (code, _, got) = http(c.nodes[node].admin, "GET", "/v1/fs/d/f7", &[], b"").unwrap();
+        assert_eq!(code, 200);
+        assert!(got == data(100_007, 7));
+    }
+}

@@ -171,7 +171,8 @@ impl FsService {
                 Ok(r) => (Ok(Reply::FsChunkStored { id: r.id }), none),
                 Err(e) => {
                     let text = e.to_string();
-                    let err = if text.contains("no space") {
+                    let full = matches!(e, crate::replication::ReplicationError::Full(_));
+                    let err = if full || text.contains("no space") {
                         RemoteError::NoSpace(text)
                     } else {
                         RemoteError::Other(text)
