@@ -473,18 +473,6 @@ fn garbage_collection_keeps_every_chunk_a_file_references() {
     }
 }
 
-/// Chunk file name → copies over the `live` nodes.
-fn copies(c: &Cluster, live: &[usize]) -> std::collections::HashMap<String, usize> {
-    let mut m = std::collections::HashMap::new();
-    for &i in live {
-        for f in c.chunk_files(i) {
-            let name = f.file_name().unwrap().to_string_lossy().to_string();
-            *m.entry(name).or_default() += 1;
-        }
-    }
-    m
-}
-
 #[test]
 fn files_survive_a_node_loss_and_get_their_three_copies_back() {
     if !usable() {
@@ -521,7 +509,7 @@ fn files_survive_a_node_loss_and_get_their_three_copies_back() {
         Duration::from_secs(30),
         "three copies of every chunk",
         || {
-            let m = copies(&c, &all);
+            let m = c.copies(&all);
             (!m.is_empty() && m.values().all(|n| *n == 3)).then_some(())
         },
     );
@@ -532,7 +520,7 @@ fn files_survive_a_node_loss_and_get_their_three_copies_back() {
         Duration::from_secs(90),
         "three copies again on the survivors",
         || {
-            let m = copies(&c, &[0, 1, 2]);
+            let m = c.copies(&[0, 1, 2]);
             (!m.is_empty() && m.values().all(|n| *n == 3)).then_some(())
         },
     );

@@ -61,20 +61,8 @@ fn verify(c: &Cluster, node: usize, set: &DataSet) {
     }
 }
 
-/// Chunk id → number of copies over the `live` nodes.
-fn copies(c: &Cluster, live: &[usize]) -> HashMap<String, usize> {
-    let mut m = HashMap::new();
-    for &i in live {
-        for f in c.chunk_files(i) {
-            let name = f.file_name().unwrap().to_string_lossy().to_string();
-            *m.entry(name).or_default() += 1;
-        }
-    }
-    m
-}
-
 fn exactly(c: &Cluster, live: &[usize], size: usize) -> bool {
-    let m = copies(c, live);
+    let m = c.copies(live);
     !m.is_empty() && m.values().all(|n| *n == size)
 }
 
@@ -94,7 +82,7 @@ fn wait_clean(c: &Cluster, at: usize, live: &[usize], size: usize, limit: Durati
         if last_print.elapsed() > Duration::from_secs(10) {
             last_print = Instant::now();
             let mut hist: HashMap<usize, usize> = HashMap::new();
-            for n in copies(c, live).values() {
+            for n in c.copies(live).values() {
                 *hist.entry(*n).or_default() += 1;
             }
             eprintln!(
@@ -504,20 +492,20 @@ fn unreferenced_chunks_are_collected_after_the_delay_and_referenced_ones_kept() 
         Duration::from_secs(30),
         "old orphan collected on every node",
         |c| {
-            let m = copies(c, &[0, 1, 2]);
+            let m = c.copies(&[0, 1, 2]);
             (!m.contains_key(old)).then_some(())
         },
     );
     assert!(start.elapsed() < Duration::from_secs(25));
     // The fresh orphan is younger than --gc-delay: still there.
-    assert!(copies(&c, &[0, 1, 2]).contains_key(fresh));
+    assert!(c.copies(&[0, 1, 2]).contains_key(fresh));
     c.wait_for(Duration::from_secs(5), "GC reported in status", |c| {
         let s = c.status(0)?;
         (s["maint"]["gc_deleted"].as_u64()? >= 1).then_some(())
     });
     // Referenced chunks untouched.
     verify(&c, 2, &set);
-    let m = copies(&c, &[0, 1, 2]);
+    let m = c.copies(&[0, 1, 2]);
     assert!(
         m.iter()
             .filter(|(k, _)| k.as_str() != fresh)

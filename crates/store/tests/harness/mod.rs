@@ -278,6 +278,19 @@ impl Cluster {
     }
 
     /// Chunk files (ids) stored under node `i`'s data dir.
+    /// Chunk file name → number of copies over the nodes `live`.
+    #[allow(dead_code)]
+    pub fn copies(&self, live: &[usize]) -> std::collections::HashMap<String, usize> {
+        let mut m = std::collections::HashMap::new();
+        for &i in live {
+            for f in self.chunk_files(i) {
+                let name = f.file_name().unwrap().to_string_lossy().to_string();
+                *m.entry(name).or_default() += 1;
+            }
+        }
+        m
+    }
+
     pub fn chunk_files(&self, i: usize) -> Vec<PathBuf> {
         let mut out = Vec::new();
         walk(&self.nodes[i].dir.join("chunks"), &mut out);
