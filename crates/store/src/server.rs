@@ -504,7 +504,11 @@ pub fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
             dir.display()
         )
     })?;
-    let probe = dir.join(".write-probe");
+    // Unique per process: the server and its bootstrap companion probe the
+    // same directory at the same moment and must not delete each other's.
+    static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let probe = dir.join(format!(".write-probe.{}.{n}", std::process::id()));
     std::fs::write(&probe, b"ok")
         .and_then(|()| std::fs::remove_file(&probe))
         .with_context(|| format!("data directory {} is not writable", dir.display()))?;
@@ -524,6 +528,28 @@ mod tests {
         assert!(format!("{err:#}").contains("--data-dir"), "{err:#}");
         prepare_data_dir(&tmp.path().join("fresh")).unwrap();
         assert!(tmp.path().join("fresh").is_dir());
+    }
+
+    /// The server and its bootstrap companion start together on one data
+    /// directory; one's probe must never be deleted by the other.
+    #[test]
+    fn concurrent_probes_of_one_directory_all_succeed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let dir = dir.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..200 {
+                        prepare_data_dir(&dir).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "no probe left");
     }
 
     #[tokio::test]
