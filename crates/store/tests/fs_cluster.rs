@@ -539,3 +539,97 @@ fn files_survive_a_node_loss_and_get_their_three_copies_back() {
         assert!(got == *body, "{name} differs through node 2's API");
     }
 }
+
+/// The namespace workload of `tar x`, `git` and editors (create, write,
+/// close, mkdir, rename over, chmod, chown, utime, unlink) runs while the
+/// mount's own server stalls (SIGSTOP longer than the connection timeout,
+/// so requests in flight lose their answers; then SIGCONT, so stale copies
+/// arrive late) and then the Raft leader is killed: no operation may fail
+/// (the mount retries on another node, and a retried operation is applied
+/// exactly once), and every file ends with its content.
+#[test]
+fn namespace_changes_ride_through_a_leader_kill_without_errors() {
+    use std::os::unix::fs::PermissionsExt;
+    if !usable() {
+        return;
+    }
+    let mut c = Cluster::start(3, &[], &[]);
+    let leader = c.leader_index().expect("a leader");
+    let node = (leader + 1) % 3;
+    let a = MountProc::start(&c, node, "a");
+    let root = a.p("");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let worker = {
+        let root = root.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || -> Result<usize, String> {
+            let start = Instant::now();
+            let mut i = 0usize;
+            // Bounded: at most 3000 rounds or 120 s.
+            while i < 3000 && start.elapsed() < Duration::from_secs(120) {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) && i >= 40 {
+                    break;
+                }
+                let d = root.join(format!("d{}", i / 20));
+                let step = |what: &str, r: std::io::Result<()>| {
+                    r.map_err(|e| format!("round {i}: {what}: {e}"))
+                };
+                if i % 20 == 0 {
+                    step("mkdir", fs::create_dir(&d))?;
+                }
+                let tmp = d.join(format!(".f{i}.tmp"));
+                let fin = d.join(format!("f{i}"));
+                step("write", fs::write(&tmp, data(3000 + i, i as u64)))?;
+                step(
+                    "chmod",
+                    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o640)),
+                )?;
+                step(
+                    "chown",
+                    std::os::unix::fs::chown(&tmp, Some(1000 + i as u32 % 3), Some(100)),
+                )?;
+                step(
+                    "utime",
+                    File::options().write(true).open(&tmp).and_then(|f| {
+                        f.set_modified(
+                            std::time::UNIX_EPOCH + Duration::from_secs(1_000_000 + i as u64),
+                        )
+                    }),
+                )?;
+                step("rename", fs::rename(&tmp, &fin))?;
+                if i % 5 == 4 {
+                    step("unlink", fs::remove_file(d.join(format!("f{}", i - 1))))?;
+                }
+                i += 1;
+            }
+            Ok(i)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    c.signal(node, libc::SIGSTOP);
+    std::thread::sleep(Duration::from_secs(8));
+    c.signal(node, libc::SIGCONT);
+    std::thread::sleep(Duration::from_secs(2));
+    c.kill9(leader);
+    std::thread::sleep(Duration::from_secs(4));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let rounds = match worker.join().unwrap() {
+        Ok(n) => n,
+        Err(e) => panic!("an operation failed during the leader change: {e}"),
+    };
+    assert!(rounds >= 40, "only {rounds} rounds");
+    for i in 0..rounds {
+        let fin = root.join(format!("d{}/f{i}", i / 20));
+        let gone = i % 5 == 3 && i + 1 < rounds;
+        match fs::metadata(&fin) {
+            Ok(m) => {
+                assert!(!gone, "f{i} was unlinked but exists");
+                assert_eq!(m.permissions().mode() & 0o777, 0o640, "f{i}");
+                assert_eq!(std::os::unix::fs::MetadataExt::uid(&m), 1000 + i as u32 % 3);
+                assert_eq!(fs::read(&fin).unwrap(), data(3000 + i, i as u64), "f{i}");
+            }
+            Err(e) => assert!(gone, "f{i}: {e}"),
+        }
+        assert!(!root.join(format!("d{}/.f{i}.tmp", i / 20)).exists());
+    }
+}

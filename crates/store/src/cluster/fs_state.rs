@@ -13,6 +13,13 @@
 //!   one lease.
 //! * `fs_locks`: ino → JSON list of (session, lock). Requests are decided
 //!   by [`LockTable`] with owners made unique per session.
+//! * `fs_replies`: (session, request number) → JSON reply of a numbered
+//!   [`Command::Fs`], and `fs_floors`: session → lowest number still
+//!   wanted. A mount that lost an answer (leader killed mid-commit,
+//!   connection lost) sends the same request again; it is applied once and
+//!   the retry gets the first reply (exactly-once, as in the Raft paper's
+//!   client sessions). Requests below the floor are stale copies and are
+//!   ignored.
 //!
 //! Everything here is deterministic: time comes in the commands.
 //!
@@ -38,6 +45,8 @@ use crate::placement::ChunkId;
 
 const FS_LOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("fs_locks");
 const FS_SESSIONS: TableDefinition<u64, u64> = TableDefinition::new("fs_sessions");
+const FS_REPLIES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("fs_replies");
+const FS_FLOORS: TableDefinition<u64, u64> = TableDefinition::new("fs_floors");
 
 type SErr = StorageError<NodeId>;
 
@@ -54,6 +63,8 @@ pub(crate) fn create_tables(txn: &redb::WriteTransaction) -> Result<(), String> 
     redb_store::create_tables(txn).map_err(|e| e.to_string())?;
     txn.open_table(FS_LOCKS).map_err(|e| e.to_string())?;
     txn.open_table(FS_SESSIONS).map_err(|e| e.to_string())?;
+    txn.open_table(FS_REPLIES).map_err(|e| e.to_string())?;
+    txn.open_table(FS_FLOORS).map_err(|e| e.to_string())?;
     Ok(())
 }
 
@@ -116,7 +127,36 @@ pub(crate) fn apply(
             fsm::init_root(&mut view, *now).map_err(w)?;
             Ok(Some(done(true)))
         }
-        Command::Fs { op, ctx, origin } => {
+        Command::Fs {
+            op,
+            ctx,
+            origin,
+            req,
+            done_below,
+        } => {
+            let numbered = *origin != 0 && *req != 0;
+            if numbered {
+                match remembered(txn, *origin, *req, *done_below)? {
+                    Remembered::New => {}
+                    Remembered::Reply(result) => {
+                        return Ok(Some(CommandResult {
+                            fs: Some(result),
+                            ..done(true)
+                        }))
+                    }
+                    Remembered::Stale => {
+                        tracing::debug!(
+                            session = origin,
+                            req,
+                            "a stale copy of an answered request is ignored"
+                        );
+                        return Ok(Some(CommandResult {
+                            fs: Some(Err(fsm::Errno::EIO)),
+                            ..done(false)
+                        }));
+                    }
+                }
+            }
             let mut view = redb_store::write_view(txn).map_err(w)?;
             let before = touched(&view, op).map_err(r)?;
             let result = match fsm::apply(&mut view, op.clone(), ctx) {
@@ -136,6 +176,14 @@ pub(crate) fn apply(
                 pending
                     .changes
                     .extend(changes.into_iter().map(|c| (*origin, c)));
+            }
+            drop(view);
+            if numbered {
+                let v = serde_json::to_vec(&result).map_err(w)?;
+                txn.open_table(FS_REPLIES)
+                    .map_err(w)?
+                    .insert((*origin, *req), v.as_slice())
+                    .map_err(w)?;
             }
             Ok(Some(CommandResult {
                 fs: Some(result),
@@ -220,9 +268,56 @@ pub(crate) fn apply(
     }
 }
 
+/// What the state machine knows of a numbered request.
+enum Remembered {
+    /// Not seen: apply it.
+    New,
+    /// Applied before: this is the reply it got.
+    Reply(Result<fsm::FsReply, fsm::Errno>),
+    /// Below the session's floor: a late copy of an answered request.
+    Stale,
+}
+
+/// Raises the session's floor to `done_below` (forgetting the replies
+/// below it) and looks `req` up.
+fn remembered(
+    txn: &redb::WriteTransaction,
+    session: u64,
+    req: u64,
+    done_below: u64,
+) -> Result<Remembered, SErr> {
+    let mut floors = txn.open_table(FS_FLOORS).map_err(w)?;
+    let floor = floors.get(session).map_err(w)?.map_or(0, |v| v.value());
+    let mut replies = txn.open_table(FS_REPLIES).map_err(w)?;
+    if done_below > floor {
+        floors.insert(session, done_below).map_err(w)?;
+        replies
+            .retain_in((session, floor)..(session, done_below), |_, _| false)
+            .map_err(w)?;
+    }
+    if req < floor.max(done_below) {
+        return Ok(Remembered::Stale);
+    }
+    let found = match replies.get((session, req)).map_err(w)? {
+        None => Remembered::New,
+        Some(v) => Remembered::Reply(serde_json::from_slice(v.value()).map_err(w)?),
+    };
+    Ok(found)
+}
+
 fn end_sessions(txn: &redb::WriteTransaction, sessions: &[u64]) -> Result<(), SErr> {
     if sessions.is_empty() {
         return Ok(());
+    }
+    {
+        let mut floors = txn.open_table(FS_FLOORS).map_err(w)?;
+        let mut replies = txn.open_table(FS_REPLIES).map_err(w)?;
+        for id in sessions {
+            floors.remove(*id).map_err(w)?;
+            replies
+                .retain_in((*id, 0)..=(*id, u64::MAX), |_, _| false)
+                .map_err(w)?;
+        }
     }
     let mut s = txn.open_table(FS_SESSIONS).map_err(w)?;
     for id in sessions {
@@ -310,6 +405,10 @@ pub(crate) struct FsSnapshot {
     namespace: Dump,
     locks: Vec<(u64, Vec<u8>)>,
     sessions: Vec<(u64, u64)>,
+    #[serde(default)]
+    replies: Vec<((u64, u64), Vec<u8>)>,
+    #[serde(default)]
+    floors: Vec<(u64, u64)>,
 }
 
 /// Copies the filesystem tables out of `txn`.
@@ -325,10 +424,22 @@ pub(crate) fn snapshot(txn: &redb::ReadTransaction) -> Result<FsSnapshot, SErr> 
         let (k, v) = item.map_err(r)?;
         sessions.push((k.value(), v.value()));
     }
+    let mut replies = Vec::new();
+    for item in txn.open_table(FS_REPLIES).map_err(r)?.iter().map_err(r)? {
+        let (k, v) = item.map_err(r)?;
+        replies.push((k.value(), v.value().to_vec()));
+    }
+    let mut floors = Vec::new();
+    for item in txn.open_table(FS_FLOORS).map_err(r)?.iter().map_err(r)? {
+        let (k, v) = item.map_err(r)?;
+        floors.push((k.value(), v.value()));
+    }
     Ok(FsSnapshot {
         namespace,
         locks,
         sessions,
+        replies,
+        floors,
     })
 }
 
@@ -343,6 +454,16 @@ pub(crate) fn install(txn: &redb::WriteTransaction, s: &FsSnapshot) -> Result<()
     let mut t = txn.open_table(FS_SESSIONS).map_err(w)?;
     t.retain(|_, _| false).map_err(w)?;
     for (k, v) in &s.sessions {
+        t.insert(*k, *v).map_err(w)?;
+    }
+    let mut t = txn.open_table(FS_REPLIES).map_err(w)?;
+    t.retain(|_, _| false).map_err(w)?;
+    for (k, v) in &s.replies {
+        t.insert(*k, v.as_slice()).map_err(w)?;
+    }
+    let mut t = txn.open_table(FS_FLOORS).map_err(w)?;
+    t.retain(|_, _| false).map_err(w)?;
+    for (k, v) in &s.floors {
         t.insert(*k, *v).map_err(w)?;
     }
     Ok(())
@@ -547,11 +668,98 @@ mod tests {
     }
 
     fn fs(op: FsOp, origin: u64) -> Command {
+        numbered(op, origin, 0, 0)
+    }
+
+    fn numbered(op: FsOp, origin: u64, req: u64, done_below: u64) -> Command {
         Command::Fs {
             op,
             ctx: Ctx::root(Time::default()),
             origin,
+            req,
+            done_below,
         }
+    }
+
+    /// A retried request (same session and number) is applied once and
+    /// gets the first reply, also after a snapshot; a late copy below the
+    /// floor changes nothing; ending the session forgets it all.
+    #[tokio::test]
+    async fn retried_requests_apply_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = MetaStore::open(dir.path()).unwrap();
+        let mut sm = meta.state_machine();
+        let mk = |name: &[u8]| FsOp::Mkdir {
+            parent: ROOT_INO,
+            name: name.to_vec(),
+            mode: 0o755,
+        };
+        let rename = FsOp::Rename {
+            parent: ROOT_INO,
+            name: b"a".to_vec(),
+            new_parent: ROOT_INO,
+            new_name: b"b".to_vec(),
+            mode: crate::fs::RenameMode::Replace,
+        };
+        let r = sm
+            .apply(vec![
+                entry(
+                    1,
+                    Command::FsInit {
+                        now: Time::default(),
+                    },
+                ),
+                entry(2, numbered(mk(b"a"), 5, 1, 1)),
+                // The retry of request 1: the first reply, not EEXIST.
+                entry(3, numbered(mk(b"a"), 5, 1, 1)),
+                entry(4, numbered(rename.clone(), 5, 2, 1)),
+            ])
+            .await
+            .unwrap();
+        let first = r[1].fs.clone().unwrap().unwrap();
+        assert_eq!(r[2].fs, Some(Ok(first.clone())));
+        assert!(r[3].fs.as_ref().unwrap().is_ok());
+        // Another session's identical request is its own.
+        let r = sm
+            .apply(vec![entry(5, numbered(mk(b"b"), 6, 1, 1))])
+            .await
+            .unwrap();
+        assert_eq!(r[0].fs, Some(Err(crate::fs::Errno::EEXIST)));
+        // A snapshot keeps what was answered.
+        let snap = sm.build_snapshot().await.unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let copy = MetaStore::open(other.path()).unwrap();
+        let mut sm2 = copy.state_machine();
+        sm2.install_snapshot(&snap.meta, snap.snapshot)
+            .await
+            .unwrap();
+        let r = sm2
+            .apply(vec![
+                entry(6, numbered(rename.clone(), 5, 2, 1)),
+                // Request 3 says 1 and 2 were answered; a late copy of 2
+                // is then stale and does nothing (`a` does not exist, but
+                // a create of it must not happen either).
+                entry(7, numbered(mk(b"c"), 5, 3, 3)),
+                entry(8, numbered(mk(b"a"), 5, 1, 1)),
+            ])
+            .await
+            .unwrap();
+        assert!(r[0].fs.as_ref().unwrap().is_ok(), "{:?}", r[0]);
+        assert!(r[2].fs.as_ref().unwrap().is_err() && !r[2].ok);
+        let view = read_view(copy.db()).unwrap();
+        assert!(view.dentry(ROOT_INO, b"a").unwrap().is_none());
+        assert!(view.dentry(ROOT_INO, b"b").unwrap().is_some());
+        drop(view);
+        sm2.apply(vec![
+            entry(9, Command::FsEndSession { session: 5 }),
+            entry(10, Command::FsEndSession { session: 6 }),
+        ])
+        .await
+        .unwrap();
+        use redb::{ReadableDatabase, ReadableTableMetadata};
+        let txn = copy.db().begin_read().unwrap();
+        assert_eq!(txn.open_table(FS_REPLIES).unwrap().len().unwrap(), 0);
+        assert_eq!(txn.open_table(FS_FLOORS).unwrap().len().unwrap(), 0);
     }
 
     fn lk(owner: u64, kind: LockKind) -> Lock {

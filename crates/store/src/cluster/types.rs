@@ -128,6 +128,18 @@ pub enum Command {
         /// notifications are not sent back to it.
         #[serde(default)]
         origin: u64,
+        /// Number of this request in its session (0: not numbered). A
+        /// mount retries a request whose answer it lost (leader change,
+        /// connection loss) with the same number; the state machine
+        /// applies it once and answers the retry with the remembered
+        /// reply.
+        #[serde(default)]
+        req: u64,
+        /// Every request of the session numbered below this has been
+        /// answered: their remembered replies can go, and a late copy of
+        /// one of them (a retry still in flight) is ignored.
+        #[serde(default)]
+        done_below: u64,
     },
     /// Opens or renews a mount's lock session until `expires_ms` (Unix
     /// ms, by the clock of the node that sent it).

@@ -21,13 +21,20 @@
 //! [`RENEW`], valid for [`LEASE`]); a mount that dies loses its locks
 //! when the lease runs out, a clean unmount ends the session at once.
 //! Waiting lock requests poll the leader with a growing interval.
+//!
+//! Failures: a metadata request that fails on the way (connection lost,
+//! server killed, leader election, timeout) is sent again — to the next
+//! node when its server stopped answering — for up to [`RETRY_FOR`] before
+//! the application sees `EIO`. Namespace changes are numbered per session
+//! so a retry whose first copy did commit is applied once and answered
+//! with the first reply (see `cluster::fs_state`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -46,6 +53,9 @@ pub const LEASE: Duration = Duration::from_secs(15);
 pub const RENEW: Duration = Duration::from_secs(3);
 /// Budget of one metadata request (a Raft write may wait for an election).
 const META_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a failed metadata request is retried (through elections,
+/// restarts and fail-over) before the application gets `EIO`.
+pub const RETRY_FOR: Duration = Duration::from_secs(60);
 /// Budget of one chunk transfer through the server.
 const CHUNK_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Deleted chunks are removed this long after the metadata dropped them,
@@ -65,6 +75,10 @@ pub struct ClusterConn {
     current: AtomicUsize,
     /// This mount's lock session (also the origin of its namespace changes).
     pub session: u64,
+    /// Number of the next namespace change (exactly-once retries).
+    next_req: AtomicU64,
+    /// Numbers sent and not answered yet.
+    outstanding: Mutex<BTreeSet<u64>>,
     cache: Mutex<MetaCache>,
     /// Bumped on every invalidation; a read only fills the cache if no
     /// invalidation happened while it was in flight.
@@ -141,6 +155,8 @@ impl ClusterConn {
             addrs: Mutex::new(vec![first]),
             current: AtomicUsize::new(0),
             session: rand::random::<u64>() | 1,
+            next_req: AtomicU64::new(1),
+            outstanding: Mutex::new(BTreeSet::new()),
             cache: Mutex::new(MetaCache::default()),
             generation: AtomicU64::new(0),
             watching: AtomicBool::new(false),
@@ -372,18 +388,54 @@ impl ClusterConn {
         }))
     }
 
-    fn call(
+    /// [`Self::call`] retried while the failure is one a retry can cure,
+    /// for up to `budget` (metadata requests with [`META_TIMEOUT`] per try).
+    fn call_retrying(&self, req: &Request, budget: Duration) -> Result<(Reply, Bytes), CallError> {
+        self.call_retrying_with(req, Bytes::new(), META_TIMEOUT, budget)
+    }
+
+    fn call_retrying_with(
         &self,
         req: &Request,
         body: Bytes,
         timeout: Duration,
+        budget: Duration,
     ) -> Result<(Reply, Bytes), CallError> {
-        self.block(self.call_async(req, body, timeout))
+        self.block(async {
+            let start = Instant::now();
+            let mut delay = Duration::from_millis(50);
+            let mut attempt = 0u32;
+            loop {
+                let err = match self.call_async(req, body.clone(), timeout).await {
+                    Ok(r) => {
+                        if attempt > 0 {
+                            tracing::info!(attempt, what = req.name(), "request went through after a retry");
+                        }
+                        return Ok(r);
+                    }
+                    Err(e) => e,
+                };
+                if !retryable(req, &err) || start.elapsed() + delay >= budget {
+                    return Err(err);
+                }
+                attempt += 1;
+                tracing::warn!(error = %err, attempt, what = req.name(), "request failed on the way; retrying");
+                if matches!(err, CallError::Net(NetError::Timeout { .. } | NetError::Wire { .. })) {
+                    // The server may be gone without refusing connections:
+                    // the next attempt goes to the next node.
+                    let n = self.addrs.lock().unwrap_or_else(|p| p.into_inner()).len().max(1);
+                    let next = (self.current.load(Ordering::Relaxed) + 1) % n;
+                    self.current.store(next, Ordering::Relaxed);
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(1));
+            }
+        })
     }
 
     fn write(&self, command: Command) -> Result<CommandResult, Errno> {
         let req = Request::Write { command, hops: 0 };
-        match self.call(&req, Bytes::new(), META_TIMEOUT) {
+        match self.call_retrying(&req, RETRY_FOR) {
             Ok((Reply::Written(r), _)) => Ok(r),
             Ok((other, _)) => Err(eio(
                 "a metadata write",
@@ -395,7 +447,7 @@ impl ClusterConn {
 
     fn query(&self, query: FsQuery, barrier: bool) -> Result<(FsValue, Bytes), Errno> {
         let req = Request::FsRead { query, barrier };
-        match self.call(&req, Bytes::new(), META_TIMEOUT) {
+        match self.call_retrying(&req, RETRY_FOR) {
             Ok((Reply::FsRead(Ok(v)), body)) => Ok((v, body)),
             Ok((Reply::FsRead(Err(e)), _)) => Err(e),
             Ok((other, _)) => Err(eio(
@@ -416,11 +468,32 @@ impl ClusterConn {
 
     /// Ends the lock session (clean unmount): this mount's locks go now.
     pub fn end_session(&self) {
-        if let Err(e) = self.write(Command::FsEndSession {
-            session: self.session,
-        }) {
+        // Not retried for long: an unmount must not hang on a dead cluster.
+        let req = Request::Write {
+            command: Command::FsEndSession {
+                session: self.session,
+            },
+            hops: 0,
+        };
+        if let Err(e) = self.call_retrying(&req, Duration::from_secs(3)) {
             tracing::warn!(error = %e, "ending the lock session failed; its locks go when the lease ends");
         }
+    }
+}
+
+/// Whether sending the same request again can succeed: the way failed
+/// (connection, timeout, election), not the request. A chunk read that
+/// found no good replica is not retried (the server already tried them
+/// all).
+fn retryable(req: &Request, e: &CallError) -> bool {
+    match e {
+        CallError::Net(_) => true,
+        CallError::Remote { source, .. } => match source {
+            RemoteError::NotLeader { .. } => true,
+            RemoteError::Other(_) => !matches!(req, Request::FsGetChunk { .. }),
+            _ => false,
+        },
+        CallError::Decode { .. } => false,
     }
 }
 
@@ -449,11 +522,23 @@ impl Meta for ClusterMeta {
             | FsOp::Purge { ino } => Some(*ino),
             _ => None,
         };
+        let req = c.next_req.fetch_add(1, Ordering::Relaxed);
+        let done_below = {
+            let mut o = c.outstanding.lock().unwrap_or_else(|p| p.into_inner());
+            o.insert(req);
+            o.first().copied().unwrap_or(req)
+        };
         let r = c.write(Command::Fs {
             op,
             ctx: ctx.clone(),
             origin: c.session,
+            req,
+            done_below,
         });
+        c.outstanding
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&req);
         // Our own changes are not echoed back by the change stream.
         match target {
             Some(ino) => c.invalidate(ino),
@@ -598,7 +683,12 @@ pub struct ClusterChunks(pub Arc<ClusterConn>);
 impl ChunkIo for ClusterChunks {
     fn put(&self, data: &[u8]) -> Result<ChunkId, Errno> {
         let body = Bytes::copy_from_slice(data);
-        match self.0.call(&Request::FsPutChunk, body, CHUNK_CALL_TIMEOUT) {
+        // A retry after a lost answer may store the chunk twice under two
+        // ids: the unused one is garbage-collected.
+        match self
+            .0
+            .call_retrying_with(&Request::FsPutChunk, body, CHUNK_CALL_TIMEOUT, RETRY_FOR)
+        {
             Ok((Reply::FsChunkStored { id }, _)) => Ok(id),
             Ok((other, _)) => Err(eio(
                 "storing a chunk",
@@ -626,10 +716,11 @@ impl ChunkIo for ClusterChunks {
                 tracing::warn!(chunk = %id, error = %e, "local chunk copy unreadable; reading through the server")
             }
         }
-        match self.0.call(
+        match self.0.call_retrying_with(
             &Request::FsGetChunk { id: *id },
             Bytes::new(),
             CHUNK_CALL_TIMEOUT,
+            RETRY_FOR,
         ) {
             Ok((Reply::Chunk { crc }, body)) if crc32fast::hash(&body) == crc => Ok(body),
             Ok((Reply::Chunk { .. }, _)) => Err(eio(
@@ -748,6 +839,7 @@ impl Locks for ClusterLocks {
             let c = &conn.0;
             let mut delay = Duration::from_millis(20);
             let mut renewed = false;
+            let started = Instant::now();
             let result = loop {
                 if cancel.load(Ordering::SeqCst) {
                     break Err(Errno(libc::EINTR));
@@ -787,6 +879,13 @@ impl Locks for ClusterLocks {
                     }
                     Ok((other, _)) => {
                         break Err(eio("a lock request", format!("unexpected reply {other:?}")))
+                    }
+                    // Setting the same lock again is harmless: retry
+                    // through elections and fail-over.
+                    Err(e) if retryable(&r, &e) && started.elapsed() < RETRY_FOR => {
+                        tracing::warn!(error = %e, "a lock request failed on the way; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_millis(500));
                     }
                     Err(e) => break Err(eio("a lock request", e)),
                 }
