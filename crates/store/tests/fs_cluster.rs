@@ -465,7 +465,7 @@ fn garbage_collection_keeps_every_chunk_a_file_references() {
     assert_eq!(before, after, "GC removed chunks files reference");
     for node in 0..3 {
         let (code, _, got) = http(c.nodes[node].admin, "GET", "/v1/fs/big", &[], b"").unwrap();
-        assert_eq!(code, 200, "node {node}");
+        assert_eq!(code, 200, "node {node}: {}", String::from_utf8_lossy(&got));
         assert!(got == big, "big differs on node {node}");
         let (code, _, got) = http(c.nodes[node].admin, "GET", "/v1/fs/d/f7", &[], b"").unwrap();
         assert_eq!(code, 200);

@@ -99,10 +99,43 @@ struct SnapshotData {
     fs: super::fs_state::FsSnapshot,
 }
 
+/// Snapshots written before [`SNAP_MAGIC`]: one JSON document with the
+/// data as an array of numbers (read for compatibility).
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMeta<NodeId, RaftNode>,
     data: Vec<u8>,
+}
+
+/// Start of a snapshot in the compact format: the magic, then
+/// [`SnapshotData`] in postcard. Older snapshots are JSON (they start with
+/// `{`) and are still installed. The JSON form held every byte of inline
+/// file data as a decimal number; with 10,000 small files a snapshot was
+/// tens of MiB, rebuilt every `--snapshot-every` entries.
+const SNAP_MAGIC: &[u8] = b"b3snap\x02\n";
+
+fn encode_snapshot(data: &SnapshotData) -> Result<Vec<u8>, SErr> {
+    postcard::to_extend(data, SNAP_MAGIC.to_vec()).map_err(r)
+}
+
+fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotData, SErr> {
+    match bytes.strip_prefix(SNAP_MAGIC) {
+        Some(rest) => postcard::from_bytes(rest).map_err(w),
+        None => serde_json::from_slice(bytes).map_err(w),
+    }
+}
+
+/// Stores `meta` and `data` as the current snapshot (raw bytes, not JSON).
+fn store_snapshot(
+    txn: &redb::WriteTransaction,
+    meta: &SnapshotMeta<NodeId, RaftNode>,
+    data: &[u8],
+) -> Result<(), SErr> {
+    let mut t = txn.open_table(SNAPSHOT).map_err(w)?;
+    t.remove("current").map_err(w)?;
+    put_json(&mut t, "meta", meta)?;
+    t.insert("data", data).map_err(w)?;
+    Ok(())
 }
 
 impl MetaStore {
@@ -268,7 +301,7 @@ impl MetaStore {
         }
         let applied = read_json(&sm, "applied")?;
         let membership = read_json(&sm, "membership")?.unwrap_or_default();
-        Ok((serde_json::to_vec(&data).map_err(r)?, applied, membership))
+        Ok((encode_snapshot(&data)?, applied, membership))
     }
 }
 
@@ -565,7 +598,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), SErr> {
         let bytes = snapshot.into_inner();
-        let data: SnapshotData = serde_json::from_slice(&bytes).map_err(w)?;
+        let data = decode_snapshot(&bytes)?;
         let txn = self.0.db.begin_write().map_err(w)?;
         {
             let mut kv = txn.open_table(KV).map_err(w)?;
@@ -584,22 +617,25 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             put_json(&mut sm, "membership", &meta.last_membership)?;
             put_json(&mut sm, "epoch", &data.epoch)?;
             super::fs_state::install(&txn, &data.fs)?;
-            let mut snap = txn.open_table(SNAPSHOT).map_err(w)?;
-            put_json(
-                &mut snap,
-                "current",
-                &StoredSnapshot {
-                    meta: meta.clone(),
-                    data: bytes,
-                },
-            )?;
         }
+        store_snapshot(&txn, meta, &bytes)?;
         txn.commit().map_err(w)
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SErr> {
         let txn = self.0.db.begin_read().map_err(r)?;
         let t = txn.open_table(SNAPSHOT).map_err(r)?;
+        if let Some(meta) = read_json::<SnapshotMeta<NodeId, RaftNode>>(&t, "meta")? {
+            let data = t
+                .get("data")
+                .map_err(r)?
+                .map(|v| v.value().to_vec())
+                .unwrap_or_default();
+            return Ok(Some(Snapshot {
+                meta,
+                snapshot: Box::new(Cursor::new(data)),
+            }));
+        }
         let stored: Option<StoredSnapshot> = read_json(&t, "current")?;
         Ok(stored.map(|s| Snapshot {
             meta: s.meta,
@@ -622,17 +658,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             snapshot_id,
         };
         let txn = self.0.db.begin_write().map_err(w)?;
-        {
-            let mut t = txn.open_table(SNAPSHOT).map_err(w)?;
-            put_json(
-                &mut t,
-                "current",
-                &StoredSnapshot {
-                    meta: meta.clone(),
-                    data: data.clone(),
-                },
-            )?;
-        }
+        store_snapshot(&txn, &meta, &data)?;
         txn.commit().map_err(w)?;
         Ok(Snapshot {
             meta,
@@ -768,6 +794,15 @@ mod tests {
             Some(2)
         );
         assert!(sm2.get_current_snapshot().await.unwrap().is_some());
+        // The stored snapshot is in the compact format.
+        let bytes = sm2
+            .get_current_snapshot()
+            .await
+            .unwrap()
+            .unwrap()
+            .snapshot
+            .into_inner();
+        assert!(bytes.starts_with(SNAP_MAGIC));
         // The snapshot survives a reopen.
         drop((sm2, copy));
         let reopened = MetaStore::open(other.path()).unwrap();
@@ -777,5 +812,39 @@ mod tests {
             .await
             .unwrap()
             .is_some());
+    }
+
+    /// Snapshots in the old JSON form are still installed; the compact form
+    /// keeps inline file data at about its own size.
+    #[test]
+    fn compact_snapshots_and_old_json_ones_decode() {
+        let mut data = SnapshotData {
+            kv: vec![("k".into(), "v".into())],
+            nodes: Vec::new(),
+            epoch: 3,
+            fs: Default::default(),
+        };
+        data.fs = serde_json::from_value(serde_json::json!({
+            "namespace": {"inodes": [], "dentries": [], "slices": [], "orphans": [], "meta": [],
+                          "inline": [[[1, 2], vec![0xabu8; 1024]]]},
+            "locks": [], "sessions": [[5, 99]]
+        }))
+        .unwrap();
+        let compact = encode_snapshot(&data).unwrap();
+        assert!(compact.starts_with(SNAP_MAGIC));
+        assert!(compact.len() < 1200, "{} bytes", compact.len());
+        let json = serde_json::to_vec(&data).unwrap();
+        assert!(json.len() > 3000);
+        for bytes in [compact, json] {
+            let back = decode_snapshot(&bytes).unwrap();
+            assert_eq!(back.epoch, 3);
+            assert_eq!(back.kv, data.kv);
+            assert_eq!(
+                serde_json::to_value(&back.fs).unwrap(),
+                serde_json::to_value(&data.fs).unwrap()
+            );
+        }
+        assert!(decode_snapshot(b"b3snap\x02\n\xff\xff").is_err());
+        assert!(decode_snapshot(b"garbage").is_err());
     }
 }

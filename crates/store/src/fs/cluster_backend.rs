@@ -513,13 +513,20 @@ pub struct ClusterMeta(pub Arc<ClusterConn>);
 impl Meta for ClusterMeta {
     fn submit(&self, op: FsOp, ctx: &Ctx) -> Result<FsReply, Errno> {
         let c = &self.0;
-        let target = match &op {
+        // What this op changes that the cache may hold: the inode, or for
+        // a new name its directory (and a hard link's inode). Unlink,
+        // rmdir and rename change an inode found by name: everything goes.
+        let targets: Option<Vec<u64>> = match &op {
             FsOp::SetAttr { ino, .. }
             | FsOp::SetXattr { ino, .. }
             | FsOp::RemoveXattr { ino, .. }
             | FsOp::AppendSlices { ino, .. }
             | FsOp::ReplaceSlices { ino, .. }
-            | FsOp::Purge { ino } => Some(*ino),
+            | FsOp::Purge { ino } => Some(vec![*ino]),
+            FsOp::Mknod { parent, .. }
+            | FsOp::Mkdir { parent, .. }
+            | FsOp::Symlink { parent, .. } => Some(vec![*parent]),
+            FsOp::Link { ino, parent, .. } => Some(vec![*ino, *parent]),
             _ => None,
         };
         let req = c.next_req.fetch_add(1, Ordering::Relaxed);
@@ -540,8 +547,8 @@ impl Meta for ClusterMeta {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&req);
         // Our own changes are not echoed back by the change stream.
-        match target {
-            Some(ino) => c.invalidate(ino),
+        match targets {
+            Some(inos) => inos.into_iter().for_each(|ino| c.invalidate(ino)),
             None => c.invalidate_all(),
         }
         match r?.fs {
