@@ -216,6 +216,7 @@ impl Client {
 
 /// A backend response body; its connection goes back to the pool once the
 /// body has been read to the end (a body dropped before that closes it).
+#[derive(Debug)]
 pub struct PooledBody {
     inner: Incoming,
     back: Option<(SendRequest<Body>, Arc<Pool>)>,
