@@ -37,12 +37,24 @@ pub struct ServerState {
     /// Last error seen, for the dashboard.
     last_error: Mutex<Option<String>>,
     epoch: Instant,
+    /// Scheme and authority to connect to.
+    pub target: http::Uri,
+    /// Idle keep-alive connections to this server.
+    pub pool: Arc<super::pool::Pool>,
 }
 
 impl ServerState {
     /// A fresh, healthy server.
     pub fn new(url: &str, addr: ServerUrl) -> ServerState {
+        let target = http::Uri::builder()
+            .scheme(if addr.tls { "https" } else { "http" })
+            .authority(addr.authority.clone())
+            .path_and_query("/")
+            .build()
+            .unwrap_or_default();
         ServerState {
+            target,
+            pool: Arc::default(),
             url: url.to_string(),
             cookie_id: cookie_id(url),
             addr,

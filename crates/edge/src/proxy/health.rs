@@ -17,23 +17,35 @@ use crate::proxy::{empty, Runtime};
 
 /// How often the scheduler looks for due checks.
 const TICK: Duration = Duration::from_millis(250);
+/// How often idle backend connections are looked over.
+const SWEEP: Duration = Duration::from_secs(10);
 
 /// Runs until `shutdown` fires.
 pub async fn run(rt: Arc<Runtime>, mut shutdown: b3_common::Shutdown) {
     let mut last: HashMap<(String, String), Instant> = HashMap::new();
     let mut running: HashMap<(String, String), tokio::task::JoinHandle<()>> = HashMap::new();
+    let mut last_sweep = Instant::now();
     loop {
         tokio::select! {
             _ = shutdown.wait() => break,
             _ = tokio::time::sleep(TICK) => {}
         }
         let snap = rt.snapshot();
+        // Close backend connections that sat idle too long (a busy pool
+        // does this as it goes; this is for pools nobody uses any more).
+        let sweep = last_sweep.elapsed() >= SWEEP;
+        if sweep {
+            last_sweep = Instant::now();
+        }
         let mut seen = Vec::new();
         for svc in snap.services.values() {
             let ServiceRt::Lb { name, lb, .. } = &**svc else {
                 continue;
             };
             for s in &lb.servers {
+                if sweep {
+                    s.pool.sweep(rt.client.idle_timeout());
+                }
                 rt.metrics
                     .backend_up
                     .get_or_create(&ServerLabels {
@@ -81,10 +93,20 @@ async fn check(rt: &Runtime, service: &str, s: &Arc<ServerState>, hc: &crate::co
         hc.path
     );
     let result: Result<(), String> = async {
-        let mut req = Request::new(empty());
-        *req.uri_mut() = uri
+        let full: http::Uri = uri
             .parse()
             .map_err(|e| format!("bad health check URL {uri}: {e}"))?;
+        let mut parts = full.into_parts();
+        let origin_form: http::Uri = parts
+            .path_and_query
+            .take()
+            .map(http::Uri::from)
+            .unwrap_or_else(|| http::Uri::from_static("/"));
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        let target =
+            http::Uri::from_parts(parts).map_err(|e| format!("bad health check URL {uri}: {e}"))?;
+        let mut req = Request::new(empty());
+        *req.uri_mut() = origin_form;
         *req.method_mut() = hc
             .method
             .as_deref()
@@ -107,7 +129,9 @@ async fn check(rt: &Runtime, service: &str, s: &Arc<ServerState>, hc: &crate::co
                 req.headers_mut().insert(k, v);
             }
         }
-        let resp = tokio::time::timeout(timeout, rt.client.request(req))
+        // The server's own pool when the check goes where requests go.
+        let pool = (port == s.addr.port && tls == s.addr.tls).then_some(&s.pool);
+        let resp = tokio::time::timeout(timeout, rt.client.send(pool, &target, req))
             .await
             .map_err(|_| format!("health check {uri}: no answer within {timeout:?}"))?
             .map_err(|e| format!("health check {uri}: {}", super::error_chain(&e)))?;

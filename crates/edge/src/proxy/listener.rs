@@ -100,15 +100,29 @@ pub async fn serve(ep: EntryPoint, rt: Arc<Runtime>, mut shutdown: b3_common::Sh
             });
             let result = match tls {
                 Some(acceptor) => {
+                    // Deferred flushes during the handshake: the session
+                    // ticket that ends it leaves with the first response
+                    // (see coalesce.rs); the server's first flight still
+                    // leaves before we wait for the client's answer.
                     let hs = tokio::time::timeout(
                         // A slow handshake is a slowloris too.
                         handshake_timeout,
-                        acceptor.accept(stream),
+                        acceptor
+                            .accept(Coalesce::deferring_flush(stream))
+                            .into_fallible(),
                     )
                     .await;
                     match hs {
-                        Ok(Ok(s)) => {
+                        Ok(Ok(mut s)) => {
                             count_handshake(&rt_hs, "ok");
+                            // From now on a flush writes at once (HTTP/1
+                            // flushes once per response), but TLS 1.3's
+                            // ticket waits for the first response; what
+                            // ends a TLS 1.2 handshake goes at the next read
+                            // (the client waits for it).
+                            let tls13 = s.get_ref().1.protocol_version()
+                                == Some(rustls::ProtocolVersion::TLSv1_3);
+                            s.get_mut().0.hold_until_write(tls13);
                             // ALPN already chose the protocol: skip sniffing for the HTTP/2 preface.
                             match s.get_ref().1.alpn_protocol() {
                                 Some(b"h2") => {
@@ -131,9 +145,15 @@ pub async fn serve(ep: EntryPoint, rt: Arc<Runtime>, mut shutdown: b3_common::Sh
                                 }
                             }
                         }
-                        Ok(Err(e)) => {
+                        Ok(Err((e, mut io))) => {
                             count_handshake(&rt_hs, "error");
                             tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            // The alert saying why is still held back: send it.
+                            let _ = tokio::time::timeout(
+                                Duration::from_secs(1),
+                                tokio::io::AsyncWriteExt::shutdown(&mut io),
+                            )
+                            .await;
                             Ok(())
                         }
                         Err(_) => {

@@ -12,6 +12,7 @@ pub mod health;
 pub mod listener;
 pub mod metrics;
 pub mod middleware;
+pub mod pool;
 pub mod table;
 
 use std::collections::BTreeMap;
@@ -26,8 +27,7 @@ use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body as _, Incoming};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use serde::Serialize;
 
 use crate::config::{self, rule::RequestView, Dynamic};
@@ -141,7 +141,7 @@ pub struct Runtime {
     pub certs: Arc<CertStore>,
     /// Metrics.
     pub metrics: Metrics,
-    client: Client<connector::Connector, Body>,
+    client: pool::Client,
     /// Tunables.
     pub opts: Options,
     /// Access log, if enabled.
@@ -164,21 +164,17 @@ impl Runtime {
         conn.set_connect_timeout(Some(opts.connect_timeout));
         conn.set_nodelay(true);
         conn.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(opts.pool_max_idle)
+        let client = pool::Client::new(
+            connector::Connector::new(conn, opts.backend_insecure_skip_verify)?,
+            opts.pool_max_idle,
+            Duration::from_secs(90),
             // Reads from a server grow their buffer while reads fill it, by
             // default up to ~400 KiB per connection: 64 connections
             // streaming 100 KiB responses held 25 MiB of it. 64 KiB is a
             // few loopback reads per large response, and still room for
             // any sane response head.
-            .http1_max_buf_size(64 * 1024)
-            .pool_timer(TokioTimer::new())
-            .set_host(false)
-            .build(connector::Connector::new(
-                conn,
-                opts.backend_insecure_skip_verify,
-            )?);
+            64 * 1024,
+        );
         Ok(Runtime {
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
             configs: Mutex::new(BTreeMap::new()),
@@ -626,11 +622,12 @@ async fn forward(
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, p.clone());
     }
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
+    // Origin form (`/path?query`), as HTTP/1.1 servers expect; an HTTP/2
+    // request's URI is absolute.
+    let origin_form: http::Uri = match parts.uri.path_and_query() {
+        Some(p) => p.clone().into(),
+        None => http::Uri::from_static("/"),
+    };
     // A request without a body can be sent again; one with a body streams
     // once (it is never buffered), so it is retried only if it never left.
     let bodyless = body.is_end_stream() && client_upgrade.is_none();
@@ -666,23 +663,6 @@ async fn forward(
         tried.push(idx);
         let server = &lb.servers[idx];
         server.requests.fetch_add(1, Ordering::Relaxed);
-        let uri = match http::Uri::builder()
-            .scheme(if server.addr.tls { "https" } else { "http" })
-            .authority(server.addr.authority.clone())
-            .path_and_query(path_and_query.as_str())
-            .build()
-        {
-            Ok(u) => u,
-            Err(e) => {
-                return (
-                    small_response(
-                        StatusCode::BAD_REQUEST,
-                        &format!("bad request target: {e}\n"),
-                    ),
-                    svc,
-                )
-            }
-        };
         // The last possible attempt takes the headers; earlier ones copy them.
         let mut headers = if tried.len() as u32 >= max_attempts {
             std::mem::take(&mut parts.headers)
@@ -710,11 +690,16 @@ async fn forward(
         };
         let mut out = Request::new(req_body);
         *out.method_mut() = parts.method.clone();
-        *out.uri_mut() = uri;
+        *out.uri_mut() = origin_form.clone();
         *out.version_mut() = Version::HTTP_11;
         *out.headers_mut() = headers;
         let attempt = tried.len() as u32;
-        match tokio::time::timeout(rt.opts.response_timeout, rt.client.request(out)).await {
+        match tokio::time::timeout(
+            rt.opts.response_timeout,
+            rt.client.send(Some(&server.pool), &server.target, out),
+        )
+        .await
+        {
             Err(_) => {
                 server.errors.fetch_add(1, Ordering::Relaxed);
                 server.note_error(format!("no response within {:?}", rt.opts.response_timeout));
