@@ -63,6 +63,21 @@ pub enum Command {
     Bootstrap(crate::bootstrap::BootstrapArgs),
 }
 
+impl Command {
+    /// Reports printed to stdout and exit (no daemon, no long-lived
+    /// sockets): these take the default SIGPIPE disposition.
+    pub fn prints_only(&self) -> bool {
+        matches!(
+            self,
+            Command::JoinToken(_)
+                | Command::Status(_)
+                | Command::Nodes(_)
+                | Command::Df(_)
+                | Command::Fs(_)
+        )
+    }
+}
+
 /// Flags of the commands that act on one node.
 #[derive(Debug, Clone, clap::Args)]
 pub struct NodeArgs {

@@ -648,3 +648,34 @@ fn command_line_mistakes_get_clear_errors() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("store init"));
 }
+
+/// A report piped into a reader that goes away (`store … | head`) ends
+/// the command by SIGPIPE, as for other Unix tools, not with a panic.
+#[test]
+fn a_closed_stdout_ends_a_report_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("d").display().to_string();
+    assert!(run(&["init", "--data-dir", &d]).status.success());
+    let mut fds = [0; 2];
+    // SAFETY: pipe fills the two fds.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: fds[1] is ours; the read end is closed before the child runs.
+    let write_end =
+        unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fds[1]) };
+    unsafe { libc::close(fds[0]) };
+    let out = std::process::Command::new(harness::bin())
+        .args(["join-token", "--data-dir", &d])
+        .stdout(write_end)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?} {err}",
+        out.status
+    );
+}

@@ -166,7 +166,8 @@ impl ClusterConn {
             local_chunks: crate::chunk::ChunkStore::reader(data_dir.join("chunks")),
         });
         // Every node, for fail-over (the local server first).
-        match conn.query(FsQuery::Nodes, false) {
+        // Short: a mount started without its server says so at once.
+        match conn.query_within(FsQuery::Nodes, false, Duration::from_secs(3)) {
             Ok((FsValue::Addrs(all), _)) => {
                 let mut a = conn.addrs.lock().unwrap_or_else(|p| p.into_inner());
                 for x in all {
@@ -446,8 +447,17 @@ impl ClusterConn {
     }
 
     fn query(&self, query: FsQuery, barrier: bool) -> Result<(FsValue, Bytes), Errno> {
+        self.query_within(query, barrier, RETRY_FOR)
+    }
+
+    fn query_within(
+        &self,
+        query: FsQuery,
+        barrier: bool,
+        budget: Duration,
+    ) -> Result<(FsValue, Bytes), Errno> {
         let req = Request::FsRead { query, barrier };
-        match self.call_retrying(&req, RETRY_FOR) {
+        match self.call_retrying(&req, budget) {
             Ok((Reply::FsRead(Ok(v)), body)) => Ok((v, body)),
             Ok((Reply::FsRead(Err(e)), _)) => Err(e),
             Ok((other, _)) => Err(eio(
