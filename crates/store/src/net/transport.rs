@@ -90,7 +90,66 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
     t.receive_window(quinn::VarInt::from_u32(64 << 20));
     t.send_window(64 << 20);
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(256));
+    // Path-MTU discovery up to the largest UDP payload: on loopback (MTU
+    // 65536) or jumbo-frame links datagrams grow to tens of KiB, so a 4 MiB
+    // chunk is a few hundred packets to build, encrypt and acknowledge
+    // instead of ~3000. The handshake still starts at the safe 1200 bytes
+    // (`initial_mtu`), probes that do not fit the path are just lost, and a
+    // black hole (a path that later shrinks) drops back to 1200 and probes
+    // again, so 1500-byte networks keep working unchanged.
+    let mut mtud = quinn::MtuDiscoveryConfig::default();
+    mtud.upper_bound(MAX_UDP_PAYLOAD)
+        .black_hole_cooldown(Duration::from_secs(10));
+    t.mtu_discovery_config(Some(mtud));
     Arc::new(t)
+}
+
+/// Largest UDP payload we send and accept (IPv6 limit; IPv4 on loopback
+/// fits 65508, which discovery finds).
+const MAX_UDP_PAYLOAD: u16 = 65_527;
+
+/// Socket buffers asked of the kernel (it caps them at
+/// `net.core.{r,w}mem_max`): room for a burst of large datagrams, so a
+/// busy receiver does not drop them and make the sender back off.
+const SOCKET_BUFFER: usize = 4 << 20;
+
+/// Endpoint settings: advertises [`MAX_UDP_PAYLOAD`] as the largest
+/// datagram we accept (the default, 1472, would cap the peer's path-MTU
+/// discovery at Ethernet size even on loopback).
+fn endpoint_config() -> quinn::EndpointConfig {
+    let mut c = quinn::EndpointConfig::default();
+    // In range by construction (1200..=65527).
+    let _ = c.max_udp_payload_size(MAX_UDP_PAYLOAD);
+    c
+}
+
+/// A UDP socket bound to `addr` with large buffers (best effort).
+fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        let _ = socket.set_only_v6(false);
+    }
+    if let Err(e) = socket.set_recv_buffer_size(SOCKET_BUFFER) {
+        tracing::debug!(error = %e, "could not raise the UDP receive buffer");
+    }
+    if let Err(e) = socket.set_send_buffer_size(SOCKET_BUFFER) {
+        tracing::debug!(error = %e, "could not raise the UDP send buffer");
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+fn endpoint(
+    addr: SocketAddr,
+    server: Option<quinn::ServerConfig>,
+) -> std::io::Result<quinn::Endpoint> {
+    quinn::Endpoint::new(
+        endpoint_config(),
+        server,
+        udp_socket(addr)?,
+        Arc::new(quinn::TokioRuntime),
+    )
 }
 
 /// A QUIC endpoint that calls peers and (optionally) serves requests.
@@ -110,7 +169,7 @@ impl Transport {
             .map_err(|e| IdentityError::Tls(rustls::Error::General(e.to_string())))?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         server_config.transport_config(transport_config());
-        let mut endpoint = quinn::Endpoint::server(server_config, addr)
+        let mut endpoint = endpoint(addr, Some(server_config))
             .map_err(|source| NetError::Bind { addr, source })?;
         endpoint.set_default_client_config(client_config(client)?);
         Ok(Arc::new(Self {
@@ -123,7 +182,7 @@ impl Transport {
     pub fn client(client: rustls::ClientConfig) -> Result<Arc<Self>, NetError> {
         let addr: SocketAddr = ([0, 0, 0, 0], 0).into();
         let mut endpoint =
-            quinn::Endpoint::client(addr).map_err(|source| NetError::Bind { addr, source })?;
+            endpoint(addr, None).map_err(|source| NetError::Bind { addr, source })?;
         endpoint.set_default_client_config(client_config(client)?);
         Ok(Arc::new(Self {
             endpoint,
