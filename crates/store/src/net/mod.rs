@@ -108,6 +108,19 @@ mod tests {
         }
         // Loopback's MTU is 64 KiB; quinn's default would stop at 1452.
         assert!(mtu > 1500, "path MTU stayed at {mtu} on loopback");
+        // Bulk transfers (sent in segmentation-offload batches) keep it:
+        // batches over 64 KiB would be dropped, declared a black hole and
+        // the MTU reset to 1200.
+        let big = vec![2u8; 4 << 20];
+        for _ in 0..3 {
+            let resp = client.call(addr, b"x", &big, timeout).await.unwrap();
+            assert_eq!(resp.body.len(), big.len());
+        }
+        let after = client.path_mtu(addr).unwrap_or(0);
+        assert!(
+            after > 1500,
+            "path MTU fell from {mtu} to {after} under bulk traffic"
+        );
     }
 
     #[tokio::test]

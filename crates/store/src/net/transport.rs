@@ -90,36 +90,40 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
     t.receive_window(quinn::VarInt::from_u32(64 << 20));
     t.send_window(64 << 20);
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(256));
-    // Path-MTU discovery up to the largest UDP payload: on loopback (MTU
-    // 65536) or jumbo-frame links datagrams grow to tens of KiB, so a 4 MiB
-    // chunk is a few hundred packets to build, encrypt and acknowledge
-    // instead of ~3000. The handshake still starts at the safe 1200 bytes
+    // Path-MTU discovery above Ethernet size: on loopback (MTU 65536) or
+    // jumbo-frame links datagrams grow to [`MTU_UPPER_BOUND`], so a 4 MiB
+    // chunk is ~650 packets to build, encrypt and acknowledge instead of
+    // ~3000. The handshake still starts at the safe 1200 bytes
     // (`initial_mtu`), probes that do not fit the path are just lost, and a
     // black hole (a path that later shrinks) drops back to 1200 and probes
     // again, so 1500-byte networks keep working unchanged.
     let mut mtud = quinn::MtuDiscoveryConfig::default();
-    mtud.upper_bound(MAX_UDP_PAYLOAD)
-        .black_hole_cooldown(Duration::from_secs(10));
+    mtud.upper_bound(MTU_UPPER_BOUND);
     t.mtu_discovery_config(Some(mtud));
     Arc::new(t)
 }
 
-/// Largest UDP payload we send and accept (IPv6 limit; IPv4 on loopback
-/// fits 65508, which discovery finds).
-const MAX_UDP_PAYLOAD: u16 = 65_527;
+/// Largest UDP payload path-MTU discovery goes for. Not the 64 KiB
+/// loopback allows: quinn 0.11 sends up to 10 datagrams per
+/// segmentation-offload (GSO) `sendmsg`, and the kernel refuses a batch
+/// over 64 KiB in total (`EMSGSIZE`, which quinn-udp drops silently as a
+/// failed MTU probe). With 64 KiB datagrams every batch was lost, the path
+/// was declared a black hole and fell back to 1200 bytes — worse than
+/// Ethernet size. 10 × 6500 stays under the IPv6 limit of 65487 bytes.
+const MTU_UPPER_BOUND: u16 = 6500;
 
 /// Socket buffers asked of the kernel (it caps them at
 /// `net.core.{r,w}mem_max`): room for a burst of large datagrams, so a
 /// busy receiver does not drop them and make the sender back off.
 const SOCKET_BUFFER: usize = 4 << 20;
 
-/// Endpoint settings: advertises [`MAX_UDP_PAYLOAD`] as the largest
+/// Endpoint settings: advertises [`MTU_UPPER_BOUND`] as the largest
 /// datagram we accept (the default, 1472, would cap the peer's path-MTU
 /// discovery at Ethernet size even on loopback).
 fn endpoint_config() -> quinn::EndpointConfig {
     let mut c = quinn::EndpointConfig::default();
     // In range by construction (1200..=65527).
-    let _ = c.max_udp_payload_size(MAX_UDP_PAYLOAD);
+    let _ = c.max_udp_payload_size(MTU_UPPER_BOUND);
     c
 }
 
@@ -203,6 +207,20 @@ impl Transport {
         body: &[u8],
         timeout: Duration,
     ) -> Result<Frame, NetError> {
+        // The stream copies the bytes anyway; here once, up front.
+        self.call_bytes(addr, header, Bytes::copy_from_slice(body), timeout)
+            .await
+    }
+
+    /// [`Transport::call`] with an owned body, handed to the stream
+    /// without a copy (chunk data).
+    pub async fn call_bytes(
+        &self,
+        addr: SocketAddr,
+        header: &[u8],
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<Frame, NetError> {
         match tokio::time::timeout(timeout, self.call_inner(addr, header, body)).await {
             Ok(r) => r,
             Err(_) => Err(NetError::Timeout {
@@ -247,7 +265,7 @@ impl Transport {
         &self,
         addr: SocketAddr,
         header: &[u8],
-        body: &[u8],
+        body: Bytes,
     ) -> Result<Frame, NetError> {
         let conn = self.connection(addr).await?;
         let wire_err = |source| NetError::Wire { addr, source };
@@ -261,7 +279,7 @@ impl Transport {
                 });
             }
         };
-        wire::write_frame(&mut send, header, body)
+        send_frame(&mut send, header, body)
             .await
             .map_err(wire_err)?;
         let _ = send.finish();
@@ -341,6 +359,25 @@ fn client_config(client: rustls::ClientConfig) -> Result<quinn::ClientConfig, Ne
     Ok(cfg)
 }
 
+/// Writes one frame (see [`wire`]); the body goes to the stream as is,
+/// without the copy `write_all` would make.
+async fn send_frame(
+    send: &mut quinn::SendStream,
+    header: &[u8],
+    body: Bytes,
+) -> Result<(), WireError> {
+    let mut head = Vec::with_capacity(8 + header.len());
+    head.extend_from_slice(&(header.len() as u32).to_be_bytes());
+    head.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    head.extend_from_slice(header);
+    send.write_all(&head)
+        .await
+        .map_err(|e| WireError::Io(e.into()))?;
+    send.write_chunk(body)
+        .await
+        .map_err(|e| WireError::Io(e.into()))
+}
+
 async fn serve_connection(conn: quinn::Connection, service: Service) {
     let peer = Peer {
         addr: conn.remote_address(),
@@ -376,7 +413,7 @@ async fn serve_connection(conn: quinn::Connection, service: Service) {
                     }
                 };
             let (header, body) = service(peer, frame).await;
-            if wire::write_frame(&mut send, &header, &body).await.is_ok() {
+            if send_frame(&mut send, &header, body).await.is_ok() {
                 let _ = send.finish();
                 // Let the response drain before the stream is dropped.
                 let _ = send.stopped().await;
