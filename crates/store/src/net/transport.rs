@@ -373,6 +373,12 @@ async fn send_frame(
     send.write_all(&head)
         .await
         .map_err(|e| WireError::Io(e.into()))?;
+    // Nothing more to write for an empty body: touching the stream again
+    // could meet the peer's STOP_SENDING (it stops reading once it has the
+    // whole frame) and turn a complete request into an error.
+    if body.is_empty() {
+        return Ok(());
+    }
     send.write_chunk(body)
         .await
         .map_err(|e| WireError::Io(e.into()))
