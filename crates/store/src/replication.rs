@@ -293,11 +293,11 @@ impl Replicator {
                 .map_err(|e| e.to_string());
         }
         let req = Request::PutChunk { id, crc };
-        match rpc::call(
+        match rpc::call_bytes(
             &self.cluster.transport,
             node.addr,
             &req,
-            &data,
+            data,
             CHUNK_TIMEOUT,
         )
         .await

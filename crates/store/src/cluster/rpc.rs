@@ -231,8 +231,19 @@ pub async fn call(
     body: &[u8],
     timeout: Duration,
 ) -> Result<(Reply, Bytes), CallError> {
+    call_bytes(transport, addr, req, Bytes::copy_from_slice(body), timeout).await
+}
+
+/// [`call`] with an owned body, sent without a copy (chunk data).
+pub async fn call_bytes(
+    transport: &Arc<Transport>,
+    addr: SocketAddr,
+    req: &Request,
+    body: Bytes,
+    timeout: Duration,
+) -> Result<(Reply, Bytes), CallError> {
     let header = wire::to_header(req).map_err(|source| CallError::Decode { addr, source })?;
-    let frame = transport.call(addr, &header, body, timeout).await?;
+    let frame = transport.call_bytes(addr, &header, body, timeout).await?;
     let reply: Result<Reply, RemoteError> =
         wire::from_header(&frame.header).map_err(|source| CallError::Decode { addr, source })?;
     match reply {

@@ -87,6 +87,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn path_mtu_grows_past_ethernet_size_on_loopback() {
+        let d1 = tempfile::tempdir().unwrap();
+        let id = Identity::init(d1.path(), 3, 2).unwrap();
+        let (_, server, _t1) = node(d1.path());
+        let addr = server.local_addr().unwrap();
+        let client = Transport::client(id.client_config().unwrap()).unwrap();
+        let timeout = Duration::from_secs(5);
+        // Discovery probes ride along with traffic; give it a few rounds.
+        let body = vec![1u8; 256 << 10];
+        let mut mtu = 0;
+        for _ in 0..50 {
+            let resp = client.call(addr, b"x", &body, timeout).await.unwrap();
+            assert_eq!(resp.body.len(), body.len());
+            mtu = client.path_mtu(addr).unwrap_or(0);
+            if mtu > 1500 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Loopback's MTU is 64 KiB; quinn's default would stop at 1452.
+        assert!(mtu > 1500, "path MTU stayed at {mtu} on loopback");
+        // Bulk transfers (sent in segmentation-offload batches) keep it:
+        // batches over 64 KiB would be dropped, declared a black hole and
+        // the MTU reset to 1200.
+        let big = vec![2u8; 4 << 20];
+        for _ in 0..3 {
+            let resp = client.call(addr, b"x", &big, timeout).await.unwrap();
+            assert_eq!(resp.body.len(), big.len());
+        }
+        let after = client.path_mtu(addr).unwrap_or(0);
+        assert!(
+            after > 1500,
+            "path MTU fell from {mtu} to {after} under bulk traffic"
+        );
+    }
+
+    #[tokio::test]
     async fn dead_peer_is_a_timeout_naming_it() {
         let d1 = tempfile::tempdir().unwrap();
         let id = Identity::init(d1.path(), 3, 2).unwrap();

@@ -90,7 +90,70 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
     t.receive_window(quinn::VarInt::from_u32(64 << 20));
     t.send_window(64 << 20);
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(256));
+    // Path-MTU discovery above Ethernet size: on loopback (MTU 65536) or
+    // jumbo-frame links datagrams grow to [`MTU_UPPER_BOUND`], so a 4 MiB
+    // chunk is ~650 packets to build, encrypt and acknowledge instead of
+    // ~3000. The handshake still starts at the safe 1200 bytes
+    // (`initial_mtu`), probes that do not fit the path are just lost, and a
+    // black hole (a path that later shrinks) drops back to 1200 and probes
+    // again, so 1500-byte networks keep working unchanged.
+    let mut mtud = quinn::MtuDiscoveryConfig::default();
+    mtud.upper_bound(MTU_UPPER_BOUND);
+    t.mtu_discovery_config(Some(mtud));
     Arc::new(t)
+}
+
+/// Largest UDP payload path-MTU discovery goes for. Not the 64 KiB
+/// loopback allows: quinn 0.11 sends up to 10 datagrams per
+/// segmentation-offload (GSO) `sendmsg`, and the kernel refuses a batch
+/// over 64 KiB in total (`EMSGSIZE`, which quinn-udp drops silently as a
+/// failed MTU probe). With 64 KiB datagrams every batch was lost, the path
+/// was declared a black hole and fell back to 1200 bytes — worse than
+/// Ethernet size. 10 × 6500 stays under the IPv6 limit of 65487 bytes.
+const MTU_UPPER_BOUND: u16 = 6500;
+
+/// Socket buffers asked of the kernel (it caps them at
+/// `net.core.{r,w}mem_max`): room for a burst of large datagrams, so a
+/// busy receiver does not drop them and make the sender back off.
+const SOCKET_BUFFER: usize = 4 << 20;
+
+/// Endpoint settings: advertises [`MTU_UPPER_BOUND`] as the largest
+/// datagram we accept (the default, 1472, would cap the peer's path-MTU
+/// discovery at Ethernet size even on loopback).
+fn endpoint_config() -> quinn::EndpointConfig {
+    let mut c = quinn::EndpointConfig::default();
+    // In range by construction (1200..=65527).
+    let _ = c.max_udp_payload_size(MTU_UPPER_BOUND);
+    c
+}
+
+/// A UDP socket bound to `addr` with large buffers (best effort).
+fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        let _ = socket.set_only_v6(false);
+    }
+    if let Err(e) = socket.set_recv_buffer_size(SOCKET_BUFFER) {
+        tracing::debug!(error = %e, "could not raise the UDP receive buffer");
+    }
+    if let Err(e) = socket.set_send_buffer_size(SOCKET_BUFFER) {
+        tracing::debug!(error = %e, "could not raise the UDP send buffer");
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+fn endpoint(
+    addr: SocketAddr,
+    server: Option<quinn::ServerConfig>,
+) -> std::io::Result<quinn::Endpoint> {
+    quinn::Endpoint::new(
+        endpoint_config(),
+        server,
+        udp_socket(addr)?,
+        Arc::new(quinn::TokioRuntime),
+    )
 }
 
 /// A QUIC endpoint that calls peers and (optionally) serves requests.
@@ -110,7 +173,7 @@ impl Transport {
             .map_err(|e| IdentityError::Tls(rustls::Error::General(e.to_string())))?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         server_config.transport_config(transport_config());
-        let mut endpoint = quinn::Endpoint::server(server_config, addr)
+        let mut endpoint = endpoint(addr, Some(server_config))
             .map_err(|source| NetError::Bind { addr, source })?;
         endpoint.set_default_client_config(client_config(client)?);
         Ok(Arc::new(Self {
@@ -123,7 +186,7 @@ impl Transport {
     pub fn client(client: rustls::ClientConfig) -> Result<Arc<Self>, NetError> {
         let addr: SocketAddr = ([0, 0, 0, 0], 0).into();
         let mut endpoint =
-            quinn::Endpoint::client(addr).map_err(|source| NetError::Bind { addr, source })?;
+            endpoint(addr, None).map_err(|source| NetError::Bind { addr, source })?;
         endpoint.set_default_client_config(client_config(client)?);
         Ok(Arc::new(Self {
             endpoint,
@@ -142,6 +205,20 @@ impl Transport {
         addr: SocketAddr,
         header: &[u8],
         body: &[u8],
+        timeout: Duration,
+    ) -> Result<Frame, NetError> {
+        // The stream copies the bytes anyway; here once, up front.
+        self.call_bytes(addr, header, Bytes::copy_from_slice(body), timeout)
+            .await
+    }
+
+    /// [`Transport::call`] with an owned body, handed to the stream
+    /// without a copy (chunk data).
+    pub async fn call_bytes(
+        &self,
+        addr: SocketAddr,
+        header: &[u8],
+        body: Bytes,
         timeout: Duration,
     ) -> Result<Frame, NetError> {
         match tokio::time::timeout(timeout, self.call_inner(addr, header, body)).await {
@@ -188,7 +265,7 @@ impl Transport {
         &self,
         addr: SocketAddr,
         header: &[u8],
-        body: &[u8],
+        body: Bytes,
     ) -> Result<Frame, NetError> {
         let conn = self.connection(addr).await?;
         let wire_err = |source| NetError::Wire { addr, source };
@@ -202,7 +279,7 @@ impl Transport {
                 });
             }
         };
-        wire::write_frame(&mut send, header, body)
+        send_frame(&mut send, header, body)
             .await
             .map_err(wire_err)?;
         let _ = send.finish();
@@ -282,6 +359,31 @@ fn client_config(client: rustls::ClientConfig) -> Result<quinn::ClientConfig, Ne
     Ok(cfg)
 }
 
+/// Writes one frame (see [`wire`]); the body goes to the stream as is,
+/// without the copy `write_all` would make.
+async fn send_frame(
+    send: &mut quinn::SendStream,
+    header: &[u8],
+    body: Bytes,
+) -> Result<(), WireError> {
+    let mut head = Vec::with_capacity(8 + header.len());
+    head.extend_from_slice(&(header.len() as u32).to_be_bytes());
+    head.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    head.extend_from_slice(header);
+    send.write_all(&head)
+        .await
+        .map_err(|e| WireError::Io(e.into()))?;
+    // Nothing more to write for an empty body: touching the stream again
+    // could meet the peer's STOP_SENDING (it stops reading once it has the
+    // whole frame) and turn a complete request into an error.
+    if body.is_empty() {
+        return Ok(());
+    }
+    send.write_chunk(body)
+        .await
+        .map_err(|e| WireError::Io(e.into()))
+}
+
 async fn serve_connection(conn: quinn::Connection, service: Service) {
     let peer = Peer {
         addr: conn.remote_address(),
@@ -317,7 +419,7 @@ async fn serve_connection(conn: quinn::Connection, service: Service) {
                     }
                 };
             let (header, body) = service(peer, frame).await;
-            if wire::write_frame(&mut send, &header, &body).await.is_ok() {
+            if send_frame(&mut send, &header, body).await.is_ok() {
                 let _ = send.finish();
                 // Let the response drain before the stream is dropped.
                 let _ = send.stopped().await;

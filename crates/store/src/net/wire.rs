@@ -138,8 +138,19 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, WireEr
     let (h, b) = lengths(prefix)?;
     let mut header = vec![0u8; h];
     read_full(r, &mut header, 8 + h + b, 8).await?;
-    let mut body = vec![0u8; b];
-    read_full(r, &mut body, 8 + h + b, 8 + h).await?;
+    // Read into spare capacity: no zeroing of up to 4 MiB first.
+    let mut body = Vec::with_capacity(b);
+    while body.len() < b {
+        // `take`: never past the frame, whatever the capacity.
+        let left = (b - body.len()) as u64;
+        let n = (&mut *r).take(left).read_buf(&mut body).await?;
+        if n == 0 {
+            return Err(WireError::Truncated {
+                expected: 8 + h + b,
+                got: 8 + h + body.len(),
+            });
+        }
+    }
     Ok(Frame {
         header,
         body: Bytes::from(body),
